@@ -1,0 +1,1 @@
+"""Cell physics: parameter sets, the equivalent-circuit model, thermal and ageing models."""
