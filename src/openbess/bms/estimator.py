@@ -1,0 +1,199 @@
+"""SoC and capacity estimation: coulomb counting with OCV-at-rest correction (vectorised).
+
+This is the baseline estimator of the BMS: it wakes up from the first voltage reading (as a BMS
+does after a power cycle), counts charge per cell, and corrects each cell's SoC from its voltage
+after a rest, where the OCV curve is steep enough to be informative (the flat middle of an LFP
+curve is not). Two rest corrections far enough apart give a capacity estimate (charge throughput
+divided by the SoC difference), from which the SoH follows.
+
+Pack-level figures follow users' expectations: the usable SoC of a series string is limited by
+its weakest cells, ``z_min / (z_min + 1 - z_max)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from openbess.cell.ecm import CellModel
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """Tuning of :class:`SocEstimator`.
+
+    Parameters
+    ----------
+    rest_current_c : float
+        A cell is at rest when ``|i| < rest_current_c * Q`` [C-rate].
+    rest_time_s : float
+        Rest needed before an OCV correction [s].
+    min_ocv_slope_v : float
+        Minimum ``dOCV/dSoC`` [V per unit SoC] for the OCV to be trusted.
+    correction_gain : float
+        Fraction of the OCV-vs-count difference applied per correction [1].
+    min_capacity_delta_soc : float
+        Minimum SoC difference between two corrections to update the capacity [fraction].
+    capacity_gain : float
+        Weight of a new capacity measurement in the running estimate [1].
+    """
+
+    rest_current_c: float = 0.01
+    rest_time_s: float = 1800.0
+    min_ocv_slope_v: float = 0.3
+    correction_gain: float = 0.7
+    min_capacity_delta_soc: float = 0.3
+    capacity_gain: float = 0.2
+
+
+class SocEstimator:
+    """Per-cell SoC by coulomb counting, corrected by OCV at rest; capacity from throughput.
+
+    Parameters
+    ----------
+    model : CellModel
+        Cell model of the nominal parameter set (scaled to the cell capacity).
+    n_cells : int
+        Number of series cells.
+    config : EstimatorConfig
+        Tuning.
+    """
+
+    def __init__(self, model: CellModel, n_cells: int, config: EstimatorConfig | None = None):
+        self.model = model
+        self.config = config or EstimatorConfig()
+        self.capacity_nominal_ah = model.params.capacity_ah
+        self.capacity_ah = np.full(n_cells, self.capacity_nominal_ah)
+        self.soc = np.full(n_cells, np.nan)
+        self.rest_s = np.zeros(n_cells)
+        self.last_sign = np.zeros(n_cells)
+        self._anchor_soc = np.full(n_cells, np.nan)
+        self._anchor_ah = np.zeros(n_cells)
+        self.throughput_ah = np.zeros(n_cells)
+        self.net_ah = np.zeros(n_cells)
+        self.corrections = 0
+        grid = model.params.soc_grid
+        self._grid = grid
+        slope = np.gradient(model.ocv_ref_v, grid)
+        self._slope = slope
+
+    @property
+    def initialised(self) -> bool:
+        """True once the first voltage reading set the SoC."""
+        return bool(np.all(np.isfinite(self.soc)))
+
+    def _ocv_to_soc(self, voltage_v: FloatArray, temperature_degc: FloatArray) -> FloatArray:
+        # Invert the branch the cell sits on (hysteresis sign from the last current).
+        p = self.model.params
+        j = int(np.argmin(np.abs(p.temperature_grid_degc - float(np.nanmean(temperature_degc)))))
+        ocv = p.ocv_v[j]
+        out = np.empty_like(voltage_v)
+        for sign in (-1.0, 0.0, 1.0):
+            mask = self.last_sign == sign
+            if np.any(mask):
+                branch = np.maximum.accumulate(ocv + p.hysteresis_v[j] * sign)
+                out[mask] = np.interp(voltage_v[mask], branch, self._grid)
+        return out
+
+    def update(
+        self,
+        dt_s: float,
+        cell_current_a: FloatArray,
+        cell_voltage_v: FloatArray,
+        voltage_valid: BoolArray,
+        cell_temperature_degc: FloatArray,
+    ) -> FloatArray:
+        """Advance the estimate by one BMS cycle.
+
+        Parameters
+        ----------
+        dt_s : float
+            Time since the last update [s].
+        cell_current_a : numpy.ndarray
+            Current through each cell [A], positive = discharge (its string's current).
+        cell_voltage_v : numpy.ndarray
+            Measured cell voltages [V].
+        voltage_valid : numpy.ndarray of bool
+            Validity of each voltage.
+        cell_temperature_degc : numpy.ndarray
+            Temperature of each cell [degC] (nearest valid sensor).
+
+        Returns
+        -------
+        numpy.ndarray
+            SoC of each cell [fraction].
+        """
+        cfg = self.config
+        i = np.nan_to_num(cell_current_a)
+        if not self.initialised:
+            fresh = ~np.isfinite(self.soc) & voltage_valid
+            if np.any(fresh):
+                self.soc[fresh] = self._ocv_to_soc(cell_voltage_v, cell_temperature_degc)[fresh]
+                self._anchor_soc[fresh] = self.soc[fresh]
+            return self.soc
+        eta = np.where(i < 0, self.model.coulombic_efficiency(cell_temperature_degc), 1.0)
+        dq_ah = eta * i * dt_s / 3600.0
+        self.soc = np.clip(self.soc - dq_ah / self.capacity_ah, 0.0, 1.0)
+        self.throughput_ah += np.abs(i) * dt_s / 3600.0
+        self.net_ah += dq_ah
+        moving = np.abs(i) >= cfg.rest_current_c * self.capacity_ah
+        self.last_sign = np.where(moving, np.sign(i), self.last_sign)
+        self.rest_s = np.where(moving, 0.0, self.rest_s + dt_s)
+        due = (self.rest_s >= cfg.rest_time_s) & voltage_valid
+        if np.any(due):
+            self._correct(due, cell_voltage_v, cell_temperature_degc)
+            self.rest_s[due] = 0.0
+        return self.soc
+
+    def _correct(self, due: BoolArray, voltage_v: FloatArray, temperature_degc: FloatArray) -> None:
+        cfg = self.config
+        z_ocv = self._ocv_to_soc(voltage_v, temperature_degc)
+        slope = np.interp(z_ocv, self._grid, self._slope)
+        ok = due & (slope >= cfg.min_ocv_slope_v)
+        if not np.any(ok):
+            return
+        self.corrections += 1
+        # Capacity: charge moved since the last anchor over the SoC moved (by OCV).
+        dz = self._anchor_soc - z_ocv
+        dq = self.net_ah - self._anchor_ah
+        cap_ok = ok & np.isfinite(dz) & (np.abs(dz) >= cfg.min_capacity_delta_soc)
+        if np.any(cap_ok):
+            meas = np.clip(dq[cap_ok] / dz[cap_ok], 0.3 * self.capacity_nominal_ah, None)
+            meas = np.minimum(meas, 1.2 * self.capacity_nominal_ah)
+            self.capacity_ah[cap_ok] += cfg.capacity_gain * (meas - self.capacity_ah[cap_ok])
+        self.soc[ok] += cfg.correction_gain * (z_ocv[ok] - self.soc[ok])
+        self._anchor_soc[ok] = z_ocv[ok]
+        self._anchor_ah[ok] = self.net_ah[ok]
+
+    @property
+    def soh(self) -> float:
+        """Capacity state of health of the weakest cell [fraction]."""
+        return float(np.min(self.capacity_ah) / self.capacity_nominal_ah)
+
+
+def string_soc(soc: FloatArray, n_strings: int) -> FloatArray:
+    """Usable SoC of each series string, limited by its weakest cells.
+
+    Parameters
+    ----------
+    soc : numpy.ndarray
+        Cell SoC [fraction], shape ``(n_cells,)``, cells ordered string by string.
+    n_strings : int
+        Number of strings (``n_cells`` must be a multiple of it).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``z_min / (z_min + 1 - z_max)`` per string [fraction].
+    """
+    per = soc.reshape(n_strings, -1)
+    zmin = per.min(axis=1)
+    zmax = per.max(axis=1)
+    denom = zmin + 1.0 - zmax
+    out: FloatArray = np.where(denom > 0, zmin / np.where(denom > 0, denom, 1.0), 0.0)
+    return out

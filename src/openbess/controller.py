@@ -1,0 +1,202 @@
+"""The fixed-phase cycle: plant/measure -> BMS -> EMS -> gate -> actuate -> log.
+
+One :meth:`Controller.cycle` per BMS period. Each phase is isolated: an exception in the EMS is
+logged and counted and the cycle goes on without a new command (the gate then holds the last
+valid one until it expires, then idles); an exception in the BMS is a fault that puts the
+battery in the safe state (0 W, zero current caps, contactor open request). The same code runs
+against the digital twin and against real hardware: it only sees the :class:`~openbess.plant.Plant`
+protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from openbess.contract import Actuation, Command, GateDecision, Limits, Telemetry
+from openbess.ems.strategy import Strategy
+from openbess.gate import Gate
+from openbess.plant import Measurements, Plant, SiteMeasurements
+
+log = logging.getLogger(__name__)
+
+SAFE_ACTUATION = Actuation(0.0, 0.0, 0.0, contactor_close=False)
+
+
+class Bms(Protocol):
+    """What the cycle needs from the BMS."""
+
+    def update(
+        self, now_s: float, measurements: Measurements, last_decision: GateDecision
+    ) -> tuple[Telemetry, Limits]:
+        """Monitor, estimate, protect; return the Telemetry and this cycle's limits."""
+
+    def actuation(self, gated: Actuation) -> Actuation:
+        """Add the BMS's own outputs (contactor request, balancing) to the gated actuation."""
+
+    def safe_state(self, now_s: float, error: BaseException) -> None:
+        """Record that the BMS phase failed (a fault) so the next cycles stay safe."""
+
+
+class Recorder(Protocol):
+    """What the cycle needs from the run store (log phase)."""
+
+    def record_cycle(
+        self,
+        telemetry: Telemetry,
+        site: SiteMeasurements,
+        measurements: Measurements,
+        command: Command | None,
+        decision: GateDecision,
+    ) -> None:
+        """Append one cycle to the log."""
+
+    def record_event(
+        self,
+        time_s: float,
+        kind: str,
+        code: str,
+        severity: str,
+        message: str,
+        data: dict[str, object] | None = None,
+    ) -> None:
+        """Append one event to the log."""
+
+
+@dataclass
+class CycleCounters:
+    """Counters of one controller (visible in KPIs and metrics)."""
+
+    cycles: int = 0
+    ems_errors: int = 0
+    bms_errors: int = 0
+    log_errors: int = 0
+    commands_lost: int = 0
+    overruns: int = 0
+    gate: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Controller:
+    """The cycle that makes the BMS and the EMS work together.
+
+    Parameters
+    ----------
+    plant : Plant
+        The twin or real hardware.
+    bms : Bms
+        The battery management system.
+    strategy : Strategy
+        The EMS strategy.
+    gate : Gate
+        The command gate.
+    recorder : Recorder or None
+        Where each cycle is logged.
+    dispatch_s : float
+        EMS dispatch period [s].
+    replan_s : float
+        EMS re-plan period [s].
+    link_up : callable or None
+        Returns False while the EMS-BMS link is down (commands are lost in transit).
+    """
+
+    plant: Plant
+    bms: Bms
+    strategy: Strategy
+    gate: Gate
+    recorder: Recorder | None = None
+    dispatch_s: float = 1.0
+    replan_s: float = 900.0
+    link_up: object = None
+    counters: CycleCounters = field(default_factory=CycleCounters)
+    telemetry: Telemetry | None = None
+    site: SiteMeasurements | None = None
+    last_command: Command | None = None
+    _next_dispatch_s: float = -math.inf
+    _next_replan_s: float = -math.inf
+
+    def cycle(self, now_s: float) -> Telemetry | None:
+        """Run one cycle at ``now_s``.
+
+        Parameters
+        ----------
+        now_s : float
+            Cycle time [s, Unix UTC].
+
+        Returns
+        -------
+        Telemetry or None
+            This cycle's Telemetry (None if the BMS phase failed).
+        """
+        self.counters.cycles += 1
+        # 1. plant / measure
+        self.plant.advance_to(now_s)
+        meas, site = self.plant.read()
+        self.site = site
+        # 2. BMS
+        try:
+            telemetry, limits = self.bms.update(now_s, meas, self.gate.last_decision)
+        except Exception as err:  # a BMS failure is a fault: safe state
+            self.counters.bms_errors += 1
+            log.exception("BMS phase failed at t=%.0f: safe state", now_s)
+            self.bms.safe_state(now_s, err)
+            self.plant.write(SAFE_ACTUATION)
+            self._event(now_s, "fault", "bms_exception", "error", f"BMS phase failed: {err!r}")
+            return None
+        self.telemetry = telemetry
+        # 3. EMS (isolated)
+        command: Command | None = None
+        if now_s >= self._next_replan_s:
+            self._next_replan_s = now_s + self.replan_s
+            try:
+                self.strategy.replan(now_s, telemetry)
+            except Exception as err:
+                self.counters.ems_errors += 1
+                log.exception("EMS re-plan failed at t=%.0f", now_s)
+                self._event(now_s, "ems", "replan_exception", "warning", repr(err))
+        if now_s >= self._next_dispatch_s:
+            self._next_dispatch_s = now_s + self.dispatch_s
+            try:
+                command = self.strategy.dispatch(now_s, telemetry, site)
+            except Exception as err:
+                self.counters.ems_errors += 1
+                log.exception("EMS dispatch failed at t=%.0f", now_s)
+                self._event(now_s, "ems", "dispatch_exception", "warning", repr(err))
+        # 4. gate
+        if command is not None:
+            if callable(self.link_up) and not self.link_up():
+                self.counters.commands_lost += 1
+                command = None
+            else:
+                early = self.gate.submit(now_s, command)
+                if early is not None:
+                    self._event(
+                        now_s, "gate", early.reason.value, "info",
+                        f"command {early.seq} from {early.source} {early.outcome.value}",
+                    )
+        self.last_command = command
+        gated, decision = self.gate.decide(now_s, limits, telemetry.soc)
+        # 5. actuate
+        self.plant.write(self.bms.actuation(gated))
+        self.counters.gate = self.gate.counts
+        # 6. log
+        if self.recorder is not None:
+            try:
+                self.recorder.record_cycle(telemetry, site, meas, command, decision)
+            except Exception:
+                self.counters.log_errors += 1
+                log.exception("log phase failed at t=%.0f", now_s)
+        return telemetry
+
+    def _event(
+        self, now_s: float, kind: str, code: str, severity: str, message: str
+    ) -> None:
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.record_event(now_s, kind, code, severity, message)
+        except Exception:
+            self.counters.log_errors += 1
+            log.exception("could not record event %s", code)

@@ -1,0 +1,1170 @@
+"""The battery pack of the digital twin: strings of series cells on a common DC bus.
+
+Layout (:class:`PackTopology`): ``n_strings`` strings in parallel on the DC bus; each string is
+``modules_per_string`` modules in series, each module ``cells_series_per_module`` series
+elements. A series element (a "cell" for the BMS) is a parallel group of ``cells_parallel``
+physical cells, modelled as one cell of ``cells_parallel`` times the capacity (resistances
+divided, mass and cooling multiplied). Cells are numbered string by string, module by module::
+
+    cell k = (string * modules_per_string + module) * cells_series_per_module + position
+
+Physics per step (:meth:`Pack.step`), the pack current held constant over the step:
+
+1. the total current is split between strings by their Thevenin equivalents so the bus voltage
+   is common (the split sums to the total);
+2. every cell of every string advances in ONE vectorised call of :func:`openbess.cell.ecm.step`,
+   with self-discharge, internal shorts and balancing bleed as the leak current;
+3. each cell's temperature follows a lumped model (exact exponential over the step) towards its
+   coolant and the ambient; the coolant warms along the modules of a string (flow path) and
+   the middle cells of a module are cooled less than the edge cells, so gradients exist;
+4. energy terms are accumulated per cell, so :meth:`Pack.energy_balance` closes to rounding;
+5. every ``ageing_window_s`` of simulated time the ageing model (:mod:`openbess.cell.ageing`)
+   is applied to the window's mean temperature, SoC and charge throughput; capacity fade and
+   resistance growth feed back into the cells.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from openbess.cell import ecm
+from openbess.cell.params import CellParams, ThermalParams
+
+if TYPE_CHECKING:
+    from openbess.twin.faults import FaultInjector
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.intp]
+
+SECONDS_PER_DAY = 86400.0
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PackTopology:
+    """Electrical layout of the pack.
+
+    Parameters
+    ----------
+    n_strings : int
+        Strings in parallel on the DC bus, >= 1.
+    modules_per_string : int
+        Modules in series per string, >= 1.
+    cells_series_per_module : int
+        Series elements per module, >= 1.
+    cells_parallel : int
+        Physical cells in parallel in each series element, >= 1.
+    """
+
+    n_strings: int = 1
+    modules_per_string: int = 1
+    cells_series_per_module: int = 16
+    cells_parallel: int = 1
+
+    def __post_init__(self) -> None:
+        for name in (
+            "n_strings",
+            "modules_per_string",
+            "cells_series_per_module",
+            "cells_parallel",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"PackTopology.{name} must be an integer >= 1, got {value!r}")
+
+    @property
+    def n_series(self) -> int:
+        """Series elements per string."""
+        return self.modules_per_string * self.cells_series_per_module
+
+    @property
+    def n_cells(self) -> int:
+        """Series elements (BMS cells) in the whole pack."""
+        return self.n_strings * self.n_series
+
+    @property
+    def n_modules(self) -> int:
+        """Modules in the whole pack."""
+        return self.n_strings * self.modules_per_string
+
+    @property
+    def n_physical_cells(self) -> int:
+        """Physical cells in the whole pack."""
+        return self.n_cells * self.cells_parallel
+
+    def module_of_cell(self) -> IntArray:
+        """Global module index of every cell, shape ``(n_cells,)``."""
+        return np.arange(self.n_cells, dtype=np.intp) // self.cells_series_per_module
+
+    def string_of_cell(self) -> IntArray:
+        """String index of every cell, shape ``(n_cells,)``."""
+        return np.arange(self.n_cells, dtype=np.intp) // self.n_series
+
+    def position_in_module(self) -> IntArray:
+        """Position of every cell inside its module (0 .. cells_series_per_module - 1)."""
+        return np.arange(self.n_cells, dtype=np.intp) % self.cells_series_per_module
+
+    def module_in_string(self) -> IntArray:
+        """Position of every cell's module along its string (the coolant flow order)."""
+        return self.module_of_cell() % self.modules_per_string
+
+    def cell_index(self, string: int, module: int, position: int) -> int:
+        """Global index of a cell.
+
+        Parameters
+        ----------
+        string : int
+            String index.
+        module : int
+            Module index inside the string.
+        position : int
+            Position inside the module.
+
+        Returns
+        -------
+        int
+            Cell index.
+        """
+        for name, value, size in (
+            ("string", string, self.n_strings),
+            ("module", module, self.modules_per_string),
+            ("position", position, self.cells_series_per_module),
+        ):
+            if not 0 <= value < size:
+                raise ValueError(f"{name} {value} out of range 0..{size - 1}")
+        return (string * self.modules_per_string + module) * self.cells_series_per_module + position
+
+
+@dataclass(frozen=True, slots=True)
+class SpreadConfig:
+    """Manufacturing spread between cells (same field names as ``openbess.config``).
+
+    Parameters
+    ----------
+    capacity_rel_std : float
+        Relative standard deviation of the capacity [fraction].
+    resistance_rel_std : float
+        Relative standard deviation of the resistances [fraction].
+    self_discharge_per_day_mean : float
+        Mean self-discharge [fraction of capacity per day].
+    self_discharge_rel_std : float
+        Relative standard deviation of the self-discharge [fraction].
+    initial_soc_std : float
+        Standard deviation of the initial SoC [fraction] (absolute).
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+    """
+
+    capacity_rel_std: float = 0.0
+    resistance_rel_std: float = 0.0
+    self_discharge_per_day_mean: float = 0.0
+    self_discharge_rel_std: float = 0.0
+    initial_soc_std: float = 0.0
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        for name in (
+            "capacity_rel_std",
+            "resistance_rel_std",
+            "self_discharge_per_day_mean",
+            "self_discharge_rel_std",
+            "initial_soc_std",
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"SpreadConfig.{name} must be finite and >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class CellSpread:
+    """Per-cell draws of a :class:`SpreadConfig` (arrays of shape ``(n_cells,)``).
+
+    Parameters
+    ----------
+    capacity_factor : numpy.ndarray
+        Capacity multiplier [1].
+    resistance_factor : numpy.ndarray
+        Resistance multiplier [1].
+    self_discharge_per_day : numpy.ndarray
+        Self-discharge [fraction of capacity per day].
+    soc_offset : numpy.ndarray
+        Offset added to the initial SoC [fraction].
+    """
+
+    capacity_factor: FloatArray
+    resistance_factor: FloatArray
+    self_discharge_per_day: FloatArray
+    soc_offset: FloatArray
+
+
+def draw_spread(spread: SpreadConfig, n_cells: int, seed: int | None = None) -> CellSpread:
+    """Draw the per-cell manufacturing spread.
+
+    Normal draws truncated at 4 standard deviations; factors are kept above 0.2 and the
+    self-discharge at >= 0.
+
+    Parameters
+    ----------
+    spread : SpreadConfig
+        Standard deviations.
+    n_cells : int
+        Number of cells.
+    seed : int, optional
+        Overrides ``spread.seed``.
+
+    Returns
+    -------
+    CellSpread
+        The draws.
+    """
+    rng = np.random.default_rng(spread.seed if seed is None else seed)
+
+    def normal() -> FloatArray:
+        out: FloatArray = np.clip(rng.standard_normal(n_cells), -4.0, 4.0)
+        return out
+
+    cap = np.maximum(1.0 + spread.capacity_rel_std * normal(), 0.2)
+    res = np.maximum(1.0 + spread.resistance_rel_std * normal(), 0.2)
+    sd = np.maximum(
+        spread.self_discharge_per_day_mean * (1.0 + spread.self_discharge_rel_std * normal()), 0.0
+    )
+    soc = spread.initial_soc_std * normal()
+    return CellSpread(cap, res, sd, soc)
+
+
+@dataclass(frozen=True, slots=True)
+class CoolingConfig:
+    """Thermal environment of the cells.
+
+    Parameters
+    ----------
+    coolant_degc : float or None
+        Coolant inlet temperature [degC] (liquid cooling or a regulated HVAC); None: the cells
+        are cooled by the ambient air (inlet = ambient).
+    conductance_scale : float
+        Multiplier on the cell's ``conductance_to_coolant_w_per_k`` [1], > 0.
+    ambient_conductance_ratio : float
+        Conductance from each cell to the ambient (enclosure losses) as a fraction of its nominal
+        conductance to the coolant [1], > 0 (so a cell always loses some heat).
+    middle_conductance_reduction : float
+        The middle cell of a module has its coolant conductance reduced by this fraction, the
+        edge cells not, linearly in between [fraction]: middle cells run warmer.
+    coolant_capacity_rate_w_per_k : float or None
+        Heat capacity rate of the coolant flow through one string [W/K] (mass flow times specific
+        heat); the coolant warms along the modules of the string. None: 5 times the string's total
+        cell-to-coolant conductance.
+    """
+
+    coolant_degc: float | None = None
+    conductance_scale: float = 1.0
+    ambient_conductance_ratio: float = 0.05
+    middle_conductance_reduction: float = 0.3
+    coolant_capacity_rate_w_per_k: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.conductance_scale > 0:
+            raise ValueError(
+                f"CoolingConfig.conductance_scale must be > 0, got {self.conductance_scale}"
+            )
+        if not self.ambient_conductance_ratio > 0:
+            raise ValueError(
+                "CoolingConfig.ambient_conductance_ratio must be > 0, got "
+                f"{self.ambient_conductance_ratio}"
+            )
+        if not 0.0 <= self.middle_conductance_reduction < 1.0:
+            raise ValueError(
+                "CoolingConfig.middle_conductance_reduction must be in [0, 1), got "
+                f"{self.middle_conductance_reduction}"
+            )
+        rate = self.coolant_capacity_rate_w_per_k
+        if rate is not None and not rate > 0:
+            raise ValueError(f"CoolingConfig.coolant_capacity_rate_w_per_k must be > 0, got {rate}")
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers
+# --------------------------------------------------------------------------------------------
+def parallel_group_params(params: CellParams, cells_parallel: int) -> CellParams:
+    """Parameters of ``cells_parallel`` identical cells in parallel, as one cell.
+
+    Capacity and mass multiply, resistances divide, the conductance to the coolant multiplies
+    (each physical cell keeps its own surface); OCV, hysteresis and time constants stay.
+
+    Parameters
+    ----------
+    params : CellParams
+        One physical cell.
+    cells_parallel : int
+        Cells in parallel, >= 1.
+
+    Returns
+    -------
+    CellParams
+        The equivalent cell.
+    """
+    if cells_parallel < 1:
+        raise ValueError(f"cells_parallel must be >= 1, got {cells_parallel}")
+    if cells_parallel == 1:
+        return params
+    n = float(cells_parallel)
+    th = params.thermal
+    return replace(
+        params,
+        capacity_ah=params.capacity_ah * n,
+        r0_ohm=params.r0_ohm / n,
+        rc_r_ohm=params.rc_r_ohm / n,
+        thermal=ThermalParams(
+            mass_kg=th.mass_kg * n,
+            specific_heat_j_per_kg_k=th.specific_heat_j_per_kg_k,
+            conductance_to_coolant_w_per_k=th.conductance_to_coolant_w_per_k * n,
+        ),
+    )
+
+
+def share_current(
+    total_current_a: float, source_v: FloatArray, resistance_ohm: FloatArray
+) -> tuple[FloatArray, float]:
+    """Split a total current between parallel Thevenin branches on a common bus.
+
+    Solves ``v = e_s - r_s i_s`` for all branches with ``sum(i_s) == total``.
+
+    Parameters
+    ----------
+    total_current_a : float
+        Total current [A], positive = discharge.
+    source_v : numpy.ndarray
+        Branch source voltages [V], shape ``(n,)``.
+    resistance_ohm : numpy.ndarray
+        Branch resistances [ohm] > 0, shape ``(n,)``.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, float)
+        Branch currents [A] (the last branch takes the rounding remainder, so the sum is the
+        total to the last bit a float sum allows) and the bus voltage [V].
+    """
+    g = 1.0 / resistance_ohm
+    g_sum = float(g.sum())
+    bus_v = (float((source_v * g).sum()) - total_current_a) / g_sum
+    currents: FloatArray = (source_v - bus_v) * g
+    if currents.size > 1:
+        currents[-1] = total_current_a - float(currents[:-1].sum())
+    else:
+        currents[0] = total_current_a
+    return currents, bus_v
+
+
+def coolant_flow_matrix(
+    module_conductance_w_per_k: FloatArray, capacity_rate_w_per_k: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Linear map from module temperatures to the coolant temperature each module sees.
+
+    The coolant of a string flows through its modules in order. In module ``m`` (cells at the
+    conductance-weighted mean temperature ``Tw_m``, total conductance ``UA_m``) the coolant
+    approaches ``Tw_m`` exponentially (effectiveness-NTU, ``a_m = exp(-UA_m / Cdot)``)::
+
+        Tin_{m+1} = a_m Tin_m + (1 - a_m) Tw_m
+        Tc_m      = Tw_m - eps_m (Tw_m - Tin_m),   eps_m = (1 - a_m) / (UA_m / Cdot)
+
+    ``Tc_m`` (between the inlet and the cells: it can never overshoot) is the mean coolant
+    temperature for which ``UA_m (Tw_m - Tc_m)`` is the heat the coolant picks up.
+
+    Parameters
+    ----------
+    module_conductance_w_per_k : numpy.ndarray
+        ``UA_m`` [W/K] >= 0, shape ``(n_strings, modules_per_string)``.
+    capacity_rate_w_per_k : numpy.ndarray
+        Coolant ``Cdot`` per string [W/K] > 0, shape ``(n_strings,)``.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Matrix ``K`` of shape ``(n_strings, M, M)`` and inlet weights ``w`` of shape
+        ``(n_strings, M)`` with ``Tc = K @ Tw + w * T_inlet``.
+    """
+    ua = np.asarray(module_conductance_w_per_k, dtype=np.float64)
+    ns, m = ua.shape
+    x = ua / np.asarray(capacity_rate_w_per_k, dtype=np.float64)[:, None]
+    a = np.exp(-x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eps = np.where(x > 1e-12, -np.expm1(-x) / np.where(x > 1e-12, x, 1.0), 1.0)
+    lin = np.zeros((ns, m, m))  # Tin_m = lin[m] @ Tw + p_m * T_inlet
+    p = np.ones((ns, m))
+    for j in range(1, m):
+        lin[:, j, :] = a[:, j - 1, None] * lin[:, j - 1, :]
+        lin[:, j, j - 1] += 1.0 - a[:, j - 1]
+        p[:, j] = a[:, j - 1] * p[:, j - 1]
+    k = eps[:, :, None] * lin
+    idx = np.arange(m)
+    k[:, idx, idx] += 1.0 - eps
+    return k, eps * p
+
+
+def lumped_thermal_step(
+    temperature_degc: FloatArray,
+    heat_j: FloatArray,
+    dt_s: float,
+    heat_capacity_j_per_k: FloatArray,
+    conductance_coolant_w_per_k: FloatArray,
+    coolant_degc: FloatArray | float,
+    conductance_ambient_w_per_k: FloatArray,
+    ambient_degc: float,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Exact lumped thermal update of N bodies over a step with constant heat input.
+
+    ``C dT/dt = P - Gc (T - Tc) - Ga (T - Ta)`` solved exactly for ``P = heat_j / dt_s``.
+
+    Parameters
+    ----------
+    temperature_degc : numpy.ndarray
+        Temperature at the start of the step [degC].
+    heat_j : numpy.ndarray
+        Heat released in each body during the step [J].
+    dt_s : float
+        Step [s], > 0.
+    heat_capacity_j_per_k : numpy.ndarray
+        Heat capacity [J/K] > 0.
+    conductance_coolant_w_per_k : numpy.ndarray
+        Conductance to the coolant [W/K] >= 0.
+    coolant_degc : numpy.ndarray or float
+        Coolant temperature [degC].
+    conductance_ambient_w_per_k : numpy.ndarray
+        Conductance to the ambient [W/K] > 0.
+    ambient_degc : float
+        Ambient temperature [degC].
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        End temperature [degC], heat given to the coolant [J] and to the ambient [J] during
+        the step; ``C (T1 - T0) == heat_j - q_coolant - q_ambient``.
+    """
+    g_tot = conductance_coolant_w_per_k + conductance_ambient_w_per_k
+    t_env = (
+        conductance_coolant_w_per_k * coolant_degc + conductance_ambient_w_per_k * ambient_degc
+    ) / g_tot
+    t_inf = t_env + heat_j / (dt_s * g_tot)
+    x = dt_s * g_tot / heat_capacity_j_per_k
+    decay = np.exp(-x)
+    # Mean of the exponential over the step; x > 0 since every conductance to ambient is > 0.
+    mean_frac = -np.expm1(-x) / x
+    delta0 = temperature_degc - t_inf
+    t_mean = t_inf + delta0 * mean_frac
+    t1: FloatArray = t_inf + delta0 * decay
+    q_coolant: FloatArray = conductance_coolant_w_per_k * (t_mean - coolant_degc) * dt_s
+    q_ambient: FloatArray = conductance_ambient_w_per_k * (t_mean - ambient_degc) * dt_s
+    return t1, q_coolant, q_ambient
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PackStep:
+    """Outcome of one :meth:`Pack.step`.
+
+    Parameters
+    ----------
+    current_a : float
+        Pack current held over the step [A], positive = discharge.
+    string_current_a : numpy.ndarray
+        Current of each string [A], shape ``(n_strings,)``; sums to ``current_a``.
+    bus_voltage_start_v : float
+        Common bus voltage at the start of the step with this current [V] (Thevenin solution).
+    pack_voltage_v : float
+        Bus voltage at the end of the step [V] (mean of the string voltages).
+    string_voltage_v : numpy.ndarray
+        Terminal voltage of each string at the end of the step [V].
+    dc_energy_j : float
+        Energy delivered at the pack terminals during the step [J], positive = out.
+    cell_heat_j : float
+        Heat released in the cells by the electrochemistry (ohmic, polarisation, hysteresis,
+        coulombic, entropic) [J].
+    self_discharge_j : float
+        Energy drawn by self-discharge and internal shorts (heat in the cells) [J].
+    bleed_j : float
+        Energy drawn by the balancing bleed resistors (heat on the BMS boards) [J].
+    """
+
+    current_a: float
+    string_current_a: FloatArray
+    bus_voltage_start_v: float
+    pack_voltage_v: float
+    string_voltage_v: FloatArray
+    dc_energy_j: float
+    cell_heat_j: float
+    self_discharge_j: float
+    bleed_j: float
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyBalance:
+    """Energy accounting since the pack was built [J].
+
+    ``stored_start_j - stored_now_j == dc_out_j + cell_heat_j + self_discharge_j + bleed_j
+    + capacity_fade_j + residual_j``, with ``residual_j`` at rounding level.
+
+    Parameters
+    ----------
+    stored_start_j, stored_now_j : float
+        Chemical energy stored in all cells at the start and now [J].
+    dc_out_j : float
+        Energy delivered at the pack terminals [J] (positive = out, net).
+    cell_heat_j : float
+        Heat released in the cells by the electrochemistry [J].
+    self_discharge_j : float
+        Energy drawn by self-discharge and internal shorts [J].
+    bleed_j : float
+        Energy drawn by balancing bleed resistors [J].
+    capacity_fade_j : float
+        Stored energy lost when ageing removed capacity (SoC kept) [J].
+    residual_j : float
+        What the terms above do not explain [J].
+    """
+
+    stored_start_j: float
+    stored_now_j: float
+    dc_out_j: float
+    cell_heat_j: float
+    self_discharge_j: float
+    bleed_j: float
+    capacity_fade_j: float
+    residual_j: float
+
+    @property
+    def throughput_j(self) -> float:
+        """Sum of the magnitudes of the flows [J] (scale for the residual)."""
+        return (
+            abs(self.dc_out_j)
+            + abs(self.cell_heat_j)
+            + abs(self.self_discharge_j)
+            + abs(self.bleed_j)
+            + abs(self.capacity_fade_j)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ThermalBalance:
+    """Heat accounting of the cells since the pack was built [J].
+
+    ``generated_j == to_coolant_j + to_ambient_j + sensible_change_j + residual_j``.
+
+    Parameters
+    ----------
+    generated_j : float
+        Heat released in the cells (electrochemistry, self-discharge, shorts) [J].
+    to_coolant_j, to_ambient_j : float
+        Heat removed by the coolant and lost to the ambient [J].
+    sensible_change_j : float
+        Change of the cells' sensible heat ``sum C (T_now - T_start)`` [J].
+    residual_j : float
+        Rounding residual [J].
+    """
+
+    generated_j: float
+    to_coolant_j: float
+    to_ambient_j: float
+    sensible_change_j: float
+    residual_j: float
+
+
+# --------------------------------------------------------------------------------------------
+# The pack
+# --------------------------------------------------------------------------------------------
+class Pack:
+    """True physical state of the battery pack (the plant's cells).
+
+    Parameters
+    ----------
+    params : CellParams
+        Parameters of ONE physical cell (use ``scale_to_capacity`` first for another size).
+    topology : PackTopology
+        Layout.
+    spread : SpreadConfig
+        Manufacturing spread.
+    cooling : CoolingConfig
+        Thermal environment.
+    initial_soc : float
+        Mean initial SoC [fraction] (the spread's offsets are added, then clipped to [0, 1]).
+    ambient_degc : float
+        Ambient temperature [degC]; also the initial cell temperature unless
+        ``initial_temperature_degc`` is given.
+    seed : int, optional
+        Overrides ``spread.seed``.
+    faults : FaultInjector, optional
+        Consulted every step for internal shorts and cooling failures.
+    time_s : float
+        Start time [s, Unix UTC] of the pack clock (advanced by ``dt_s`` each step).
+    ageing_window_s : float
+        Simulated time between two ageing updates [s]; ``math.inf`` disables ageing.
+    initial_temperature_degc : float, optional
+        Initial cell temperature [degC].
+    """
+
+    def __init__(
+        self,
+        params: CellParams,
+        topology: PackTopology,
+        spread: SpreadConfig | None = None,
+        cooling: CoolingConfig | None = None,
+        initial_soc: float = 0.5,
+        ambient_degc: float = 25.0,
+        seed: int | None = None,
+        *,
+        faults: FaultInjector | None = None,
+        time_s: float = 0.0,
+        ageing_window_s: float = 60.0,
+        initial_temperature_degc: float | None = None,
+    ) -> None:
+        if not 0.0 <= initial_soc <= 1.0:
+            raise ValueError(f"initial_soc must be in [0, 1], got {initial_soc!r}")
+        if not math.isfinite(ambient_degc):
+            raise ValueError(f"ambient_degc must be finite, got {ambient_degc!r}")
+        if not ageing_window_s > 0:
+            raise ValueError(f"ageing_window_s must be > 0, got {ageing_window_s!r}")
+        self.params = params
+        self.topology = topology
+        self.spread = spread if spread is not None else SpreadConfig()
+        self.cooling = cooling if cooling is not None else CoolingConfig()
+        self.faults = faults
+        self.time_s = float(time_s)
+        self.ambient_degc = float(ambient_degc)
+        self.ageing_window_s = float(ageing_window_s)
+
+        n = topology.n_cells
+        self._n = n
+        self._ns = topology.n_strings
+        self._nser = topology.n_series
+        self.group_params = parallel_group_params(params, topology.cells_parallel)
+        self.model = ecm.CellModel(self.group_params)
+        draws = draw_spread(self.spread, n, seed)
+        self.cell_spread = draws
+
+        q_nom = self.group_params.capacity_ah
+        #: Capacity of each cell at the beginning of life [Ah] (spread applied).
+        self.capacity_bol_ah: FloatArray = q_nom * draws.capacity_factor
+        self._capacity_ah: FloatArray = self.capacity_bol_ah.copy()
+        self._r_spread: FloatArray = draws.resistance_factor
+        self._r_growth: FloatArray = np.zeros(n)
+        self._r_scale: FloatArray = self._r_spread.copy()
+        self._self_discharge_a: FloatArray = (
+            draws.self_discharge_per_day * self.capacity_bol_ah / 24.0
+        )
+
+        soc0 = np.clip(initial_soc + draws.soc_offset, 0.0, 1.0)
+        self.state = ecm.CellState.initial(self.group_params, soc0)
+        t0 = ambient_degc if initial_temperature_degc is None else initial_temperature_degc
+        self._temperature_degc: FloatArray = np.full(n, float(t0))
+        self._temperature_start_degc = self._temperature_degc.copy()
+
+        # Thermal network.
+        th = self.group_params.thermal
+        self._heat_capacity_j_per_k: FloatArray = np.full(
+            n, th.mass_kg * th.specific_heat_j_per_kg_k
+        )
+        g_nom = th.conductance_to_coolant_w_per_k * self.cooling.conductance_scale
+        c = topology.cells_series_per_module
+        pos = topology.position_in_module().astype(np.float64)
+        half = 0.5 * (c - 1)
+        depth = (np.minimum(pos, (c - 1) - pos) / half) if c > 1 else np.zeros(n)
+        self._g_coolant_base: FloatArray = g_nom * (
+            1.0 - self.cooling.middle_conductance_reduction * depth
+        )
+        self._g_coolant: FloatArray = self._g_coolant_base.copy()
+        self._g_ambient: FloatArray = np.full(n, g_nom * self.cooling.ambient_conductance_ratio)
+        rate = self.cooling.coolant_capacity_rate_w_per_k
+        string_g = self._g_coolant_base.reshape(self._ns, self._nser).sum(axis=1)
+        self._coolant_rate_w_per_k: FloatArray = (
+            5.0 * string_g if rate is None else np.full(self._ns, float(rate))
+        )
+        self._coolant_module_degc: FloatArray = np.full(
+            (self._ns, topology.modules_per_string), self._coolant_inlet_degc()
+        )
+        self._update_coolant_network()
+
+        # Fault-derived arrays.
+        self._short_conductance_s: FloatArray = np.zeros(n)
+        self._fault_key: tuple[object, ...] = ()
+
+        # Electrical outputs.
+        e, _ = self.model.thevenin(self.state, self._temperature_degc, self._r_scale)
+        self._cell_voltage_v: FloatArray = e.copy()
+        self._v_min_seen: FloatArray = e.copy()
+        self._v_max_seen: FloatArray = e.copy()
+        self._string_current_a: FloatArray = np.zeros(self._ns)
+        self._current_a = 0.0
+        self._thev_cache: tuple[FloatArray, FloatArray] | None = None
+
+        # Energy accumulators per cell [J].
+        self._stored_start_j: FloatArray = self.model.stored_energy_j(
+            self.state.soc, self._capacity_ah
+        )
+        self._dc_out_j: FloatArray = np.zeros(n)
+        self._cell_heat_j: FloatArray = np.zeros(n)
+        self._self_discharge_j: FloatArray = np.zeros(n)
+        self._bleed_j: FloatArray = np.zeros(n)
+        self._fade_j: FloatArray = np.zeros(n)
+        self._to_coolant_j: FloatArray = np.zeros(n)
+        self._to_ambient_j: FloatArray = np.zeros(n)
+
+        # Ageing window accumulators.
+        self._win_elapsed_s = 0.0
+        self._win_temp_ks: FloatArray = np.zeros(n)  # int T dt [K s]
+        self._win_soc_s: FloatArray = np.zeros(n)  # int SoC dt [s]
+        self._win_string_as: FloatArray = np.zeros(self._ns)  # int |I| dt [A s]
+        self._ageing_state: object | None = None
+
+    # ---------------------------------------------------------------- true state (read only)
+    @property
+    def n_cells(self) -> int:
+        """Number of series cells (parallel groups)."""
+        return self._n
+
+    @property
+    def cell_soc(self) -> FloatArray:
+        """True SoC of every cell [fraction] (a copy)."""
+        return self.state.soc.copy()
+
+    @property
+    def cell_voltage_v(self) -> FloatArray:
+        """Terminal voltage of every cell at the end of the last step [V] (a copy)."""
+        return self._cell_voltage_v.copy()
+
+    @property
+    def cell_temperature_degc(self) -> FloatArray:
+        """Temperature of every cell [degC] (a copy)."""
+        return self._temperature_degc.copy()
+
+    @property
+    def cell_capacity_ah(self) -> FloatArray:
+        """Present capacity of every cell [Ah] (spread and fade applied; a copy)."""
+        return self._capacity_ah.copy()
+
+    @property
+    def cell_soh(self) -> FloatArray:
+        """Capacity state of health of every cell [fraction]: present / own beginning of life."""
+        out: FloatArray = self._capacity_ah / self.capacity_bol_ah
+        return out
+
+    @property
+    def cell_resistance_scale(self) -> FloatArray:
+        """Resistance multiplier of every cell [1] (spread times ageing growth; a copy)."""
+        return self._r_scale.copy()
+
+    @property
+    def cell_voltage_min_seen_v(self) -> FloatArray:
+        """Lowest terminal voltage each cell has reached (end of steps) [V] (a copy)."""
+        return self._v_min_seen.copy()
+
+    @property
+    def cell_voltage_max_seen_v(self) -> FloatArray:
+        """Highest terminal voltage each cell has reached (end of steps) [V] (a copy)."""
+        return self._v_max_seen.copy()
+
+    @property
+    def voltage_min_seen_v(self) -> float:
+        """Lowest cell voltage seen in the run [V]."""
+        return float(self._v_min_seen.min())
+
+    @property
+    def voltage_max_seen_v(self) -> float:
+        """Highest cell voltage seen in the run [V]."""
+        return float(self._v_max_seen.max())
+
+    @property
+    def coolant_module_degc(self) -> FloatArray:
+        """Coolant temperature at each module [degC], shape ``(n_strings, modules_per_string)``."""
+        return self._coolant_module_degc.copy()
+
+    @property
+    def current_a(self) -> float:
+        """Pack current of the last step [A], positive = discharge."""
+        return self._current_a
+
+    @property
+    def string_current_a(self) -> FloatArray:
+        """String currents of the last step [A] (a copy)."""
+        return self._string_current_a.copy()
+
+    @property
+    def string_voltage_v(self) -> FloatArray:
+        """Terminal voltage of each string at the end of the last step [V]."""
+        out: FloatArray = self._cell_voltage_v.reshape(self._ns, self._nser).sum(axis=1)
+        return out
+
+    @property
+    def pack_voltage_v(self) -> float:
+        """Bus voltage at the end of the last step [V] (mean of the string voltages)."""
+        return float(self.string_voltage_v.mean())
+
+    @property
+    def soc(self) -> float:
+        """Capacity-weighted mean SoC of all cells [fraction]."""
+        q = self._capacity_ah
+        return float((self.state.soc * q).sum() / q.sum())
+
+    @property
+    def capacity_ah(self) -> float:
+        """Charge capacity of the pack [Ah]: per string its weakest cell, strings summed."""
+        return float(self._capacity_ah.reshape(self._ns, self._nser).min(axis=1).sum())
+
+    @property
+    def soh(self) -> float:
+        """Pack capacity state of health [fraction]: present / beginning-of-life capacity."""
+        bol = self.capacity_bol_ah.reshape(self._ns, self._nser).min(axis=1).sum()
+        return self.capacity_ah / float(bol)
+
+    def stored_energy_j(self) -> float:
+        """Chemical energy stored in all cells now [J]."""
+        return float(self.model.stored_energy_j(self.state.soc, self._capacity_ah).sum())
+
+    # ---------------------------------------------------------------- electrical equivalents
+    def _cell_thevenin(self) -> tuple[FloatArray, FloatArray]:
+        if self._thev_cache is None:
+            self._thev_cache = self.model.thevenin(
+                self.state, self._temperature_degc, self._r_scale
+            )
+        return self._thev_cache
+
+    def string_thevenin(self) -> tuple[FloatArray, FloatArray]:
+        """Thevenin equivalent of each string now.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            Source voltage [V] and resistance [ohm] of each string, shape ``(n_strings,)``.
+        """
+        e, r = self._cell_thevenin()
+        e_s: FloatArray = e.reshape(self._ns, self._nser).sum(axis=1)
+        r_s: FloatArray = r.reshape(self._ns, self._nser).sum(axis=1)
+        return e_s, r_s
+
+    def thevenin(self) -> tuple[float, float]:
+        """Thevenin equivalent of the pack now (strings in parallel).
+
+        A converter solves ``P = (E - R I) I`` for the DC current ``I`` it must draw.
+
+        Returns
+        -------
+        tuple of float
+            Source voltage ``E`` [V] and series resistance ``R`` [ohm].
+        """
+        e_s, r_s = self.string_thevenin()
+        g = 1.0 / r_s
+        g_sum = float(g.sum())
+        return float((e_s * g).sum()) / g_sum, 1.0 / g_sum
+
+    # ---------------------------------------------------------------- faults and cooling
+    def _update_coolant_network(self) -> None:
+        ua = self._g_coolant.reshape(self._ns, self.topology.modules_per_string, -1).sum(axis=2)
+        k, w = coolant_flow_matrix(ua, self._coolant_rate_w_per_k)
+        self._coolant_matrix: FloatArray = k
+        self._coolant_inlet_weight: FloatArray = w
+        self._ua_module_safe: FloatArray = np.where(ua > 0.0, ua, 1.0)
+
+    def _coolant_inlet_degc(self) -> float:
+        c = self.cooling.coolant_degc
+        return self.ambient_degc if c is None else float(c)
+
+    def _refresh_faults(self, time_s: float) -> None:
+        from openbess.twin.faults import FaultKind
+
+        inj = self.faults
+        if inj is None or len(inj) == 0:
+            if self._fault_key:
+                self._short_conductance_s[:] = 0.0
+                self._g_coolant[:] = self._g_coolant_base
+                self._update_coolant_network()
+                self._fault_key = ()
+            return
+        active = [
+            f
+            for f in inj.active(time_s)
+            if f.kind in (FaultKind.INTERNAL_SHORT, FaultKind.COOLING_FAILURE)
+        ]
+        key = (inj.version, *((f.kind, f.target) for f in active))
+        if key == self._fault_key:
+            return
+        self._fault_key = key
+        self._short_conductance_s[:] = 0.0
+        self._g_coolant[:] = self._g_coolant_base
+        for f in active:
+            if f.kind is FaultKind.INTERNAL_SHORT:
+                self._short_conductance_s[f.target] = 1.0 / f.params["resistance_ohm"]
+            else:
+                sl = slice(f.target * self._nser, (f.target + 1) * self._nser)
+                self._g_coolant[sl] = self._g_coolant_base[sl] * f.params["remaining_fraction"]
+        self._update_coolant_network()
+
+    # ---------------------------------------------------------------- the step
+    def step(
+        self,
+        current_a: float,
+        dt_s: float,
+        ambient_degc: float | None = None,
+        balancing: BoolArray | None = None,
+        bleed_resistance_ohm: float = 33.0,
+        *,
+        time_s: float | None = None,
+    ) -> PackStep:
+        """Advance the pack by ``dt_s`` with the pack current held constant.
+
+        Parameters
+        ----------
+        current_a : float
+            Total pack current [A], positive = discharge.
+        dt_s : float
+            Step [s], > 0.
+        ambient_degc : float, optional
+            Ambient temperature during the step [degC]; None keeps the last one.
+        balancing : numpy.ndarray of bool, optional
+            Per cell: bleed resistor switched on, shape ``(n_cells,)``.
+        bleed_resistance_ohm : float
+            Bleed resistor [ohm], > 0.
+        time_s : float, optional
+            Start time of the step [s, Unix UTC] (faults are evaluated at it); None continues
+            the pack's own clock.
+
+        Returns
+        -------
+        PackStep
+            Currents, voltages and energy terms of the step.
+
+        Raises
+        ------
+        ValueError
+            Non-finite current, ``dt_s <= 0``, balancing mask of the wrong shape or a
+            non-positive bleed resistance.
+        """
+        if not math.isfinite(current_a):
+            raise ValueError(f"current_a must be finite, got {current_a!r}")
+        if not dt_s > 0:
+            raise ValueError(f"dt_s must be > 0, got {dt_s!r}")
+        if time_s is not None:
+            self.time_s = float(time_s)
+        if ambient_degc is not None:
+            if not math.isfinite(ambient_degc):
+                raise ValueError(f"ambient_degc must be finite, got {ambient_degc!r}")
+            self.ambient_degc = float(ambient_degc)
+        self._refresh_faults(self.time_s)
+        n, ns, nser = self._n, self._ns, self._nser
+
+        # 1. Current sharing between strings on the common bus.
+        if ns == 1:
+            string_i = np.array([float(current_a)])
+            e, r = self._cell_thevenin()
+            bus_v = float(e.sum() - r.sum() * current_a)
+        else:
+            e_s, r_s = self.string_thevenin()
+            string_i, bus_v = share_current(float(current_a), e_s, r_s)
+        cell_i = np.repeat(string_i, nser)
+
+        # 2. Leakage: self-discharge, internal shorts, balancing bleed (at the start voltage).
+        v_prev = self._cell_voltage_v
+        internal_a = self._self_discharge_a
+        if self._fault_key:
+            internal_a = internal_a + self._short_conductance_s * np.maximum(v_prev, 0.0)
+        if balancing is not None:
+            mask = np.asarray(balancing, dtype=np.bool_)
+            if mask.shape != (n,):
+                raise ValueError(f"balancing must have shape ({n},), got {mask.shape}")
+            if not bleed_resistance_ohm > 0:
+                raise ValueError(f"bleed_resistance_ohm must be > 0, got {bleed_resistance_ohm!r}")
+            bleed_a = np.where(mask, np.maximum(v_prev, 0.0) / bleed_resistance_ohm, 0.0)
+            leak_a = internal_a + bleed_a
+        else:
+            bleed_a = None
+            leak_a = internal_a
+
+        temp0 = self._temperature_degc
+        soc0 = self.state.soc
+        res = ecm.step(
+            self.model, self.state, cell_i, dt_s, temp0, self._capacity_ah, self._r_scale, leak_a
+        )
+        self._thev_cache = None
+
+        # Split the leak energy between the bleed resistors and the cells (proportional to the
+        # currents: the leak draws energy linearly in its current).
+        if bleed_a is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                share = np.where(leak_a > 0.0, bleed_a / leak_a, 0.0)
+            bleed_j = res.leak_energy_j * share
+            sd_j = res.leak_energy_j - bleed_j
+            self._bleed_j += bleed_j
+        else:
+            bleed_j = None
+            sd_j = res.leak_energy_j
+
+        # 3. Thermal: coolant along the flow path (from the start temperatures), then cells.
+        inlet = self._coolant_inlet_degc()
+        m_per_s = self.topology.modules_per_string
+        gt = (self._g_coolant * temp0).reshape(ns, m_per_s, -1).sum(axis=2)
+        t_module = gt / self._ua_module_safe
+        self._coolant_module_degc = (
+            np.matmul(self._coolant_matrix, t_module[:, :, None])[:, :, 0]
+            + self._coolant_inlet_weight * inlet
+        )
+        coolant_cell = np.repeat(
+            self._coolant_module_degc.ravel(), self.topology.cells_series_per_module
+        )
+        heat_in_cell = res.heat_j + sd_j
+        t1, q_cool, q_amb = lumped_thermal_step(
+            temp0,
+            heat_in_cell,
+            dt_s,
+            self._heat_capacity_j_per_k,
+            self._g_coolant,
+            coolant_cell,
+            self._g_ambient,
+            self.ambient_degc,
+        )
+        self._temperature_degc = t1
+
+        # 4. Accumulate energy terms.
+        self._dc_out_j += res.terminal_energy_j
+        self._cell_heat_j += res.heat_j
+        self._self_discharge_j += sd_j
+        self._to_coolant_j += q_cool
+        self._to_ambient_j += q_amb
+
+        v = res.voltage_v
+        self._cell_voltage_v = v
+        np.minimum(self._v_min_seen, v, out=self._v_min_seen)
+        np.maximum(self._v_max_seen, v, out=self._v_max_seen)
+        self._string_current_a = string_i
+        self._current_a = float(current_a)
+
+        # 5. Ageing window.
+        self._win_elapsed_s += dt_s
+        self._win_temp_ks += temp0 * dt_s
+        self._win_soc_s += 0.5 * (soc0 + self.state.soc) * dt_s
+        self._win_string_as += np.abs(string_i) * dt_s
+        self.time_s += dt_s
+        if self._win_elapsed_s >= self.ageing_window_s:
+            self._apply_ageing()
+
+        string_v = v.reshape(ns, nser).sum(axis=1)
+        return PackStep(
+            current_a=float(current_a),
+            string_current_a=string_i,
+            bus_voltage_start_v=bus_v,
+            pack_voltage_v=float(string_v.mean()),
+            string_voltage_v=string_v,
+            dc_energy_j=float(res.terminal_energy_j.sum()),
+            cell_heat_j=float(res.heat_j.sum()),
+            self_discharge_j=float(sd_j.sum()),
+            bleed_j=0.0 if bleed_j is None else float(bleed_j.sum()),
+        )
+
+    # ---------------------------------------------------------------- ageing
+    def _apply_ageing(self) -> None:
+        """Apply the ageing model to the closed window and reset it."""
+        dt = self._win_elapsed_s
+        mean_t = self._win_temp_ks / dt
+        mean_soc = self._win_soc_s / dt
+        throughput_ah = np.repeat(self._win_string_as, self._nser) / 3600.0
+        self._win_elapsed_s = 0.0
+        self._win_temp_ks[:] = 0.0
+        self._win_soc_s[:] = 0.0
+        self._win_string_as[:] = 0.0
+        fade, growth = self._ageing_update(dt, mean_t, mean_soc, throughput_ah)
+        self.set_ageing(fade, growth)
+
+    def _ageing_update(
+        self,
+        duration_s: float,
+        mean_temperature_degc: FloatArray,
+        mean_soc: FloatArray,
+        throughput_ah: FloatArray,
+    ) -> tuple[FloatArray, FloatArray]:
+        raise NotImplementedError
+
+    def set_ageing(self, capacity_fade: FloatArray, resistance_growth: FloatArray) -> None:
+        """Set the ageing of every cell; the stored-energy change is booked as capacity fade.
+
+        The SoC of each cell is kept; the chemical energy lost with the capacity goes to the
+        ``capacity_fade_j`` term of :meth:`energy_balance`.
+
+        Parameters
+        ----------
+        capacity_fade : numpy.ndarray
+            Capacity lost relative to the beginning of life [fraction], shape ``(n_cells,)``.
+        resistance_growth : numpy.ndarray
+            Resistance increase relative to the beginning of life [fraction], ``(n_cells,)``.
+        """
+        fade = np.clip(np.asarray(capacity_fade, dtype=np.float64), 0.0, 0.95)
+        growth = np.maximum(np.asarray(resistance_growth, dtype=np.float64), 0.0)
+        if fade.shape != (self._n,) or growth.shape != (self._n,):
+            raise ValueError(f"ageing arrays must have shape ({self._n},)")
+        e_before = self.model.stored_energy_j(self.state.soc, self._capacity_ah)
+        self._capacity_ah = self.capacity_bol_ah * (1.0 - fade)
+        e_after = self.model.stored_energy_j(self.state.soc, self._capacity_ah)
+        self._fade_j += e_before - e_after
+        self._r_growth = growth
+        self._r_scale = self._r_spread * (1.0 + growth)
+        self._thev_cache = None
+
+    # ---------------------------------------------------------------- accounting
+    def energy_balance(self) -> EnergyBalance:
+        """Energy accounting since the start [J]; the residual closes to rounding error.
+
+        Returns
+        -------
+        EnergyBalance
+            The terms and the residual.
+        """
+        now = self.model.stored_energy_j(self.state.soc, self._capacity_ah)
+        per_cell = (self._stored_start_j - now) - (
+            self._dc_out_j
+            + self._cell_heat_j
+            + self._self_discharge_j
+            + self._bleed_j
+            + self._fade_j
+        )
+        return EnergyBalance(
+            stored_start_j=float(self._stored_start_j.sum()),
+            stored_now_j=float(now.sum()),
+            dc_out_j=float(self._dc_out_j.sum()),
+            cell_heat_j=float(self._cell_heat_j.sum()),
+            self_discharge_j=float(self._self_discharge_j.sum()),
+            bleed_j=float(self._bleed_j.sum()),
+            capacity_fade_j=float(self._fade_j.sum()),
+            residual_j=float(per_cell.sum()),
+        )
+
+    def thermal_balance(self) -> ThermalBalance:
+        """Heat accounting of the cells since the start [J].
+
+        Returns
+        -------
+        ThermalBalance
+            The terms and the residual.
+        """
+        generated = self._cell_heat_j + self._self_discharge_j
+        sensible = self._heat_capacity_j_per_k * (
+            self._temperature_degc - self._temperature_start_degc
+        )
+        per_cell = generated - self._to_coolant_j - self._to_ambient_j - sensible
+        return ThermalBalance(
+            generated_j=float(generated.sum()),
+            to_coolant_j=float(self._to_coolant_j.sum()),
+            to_ambient_j=float(self._to_ambient_j.sum()),
+            sensible_change_j=float(sensible.sum()),
+            residual_j=float(per_cell.sum()),
+        )
+
+    def cell_heat_j(self) -> FloatArray:
+        """Heat released in each cell since the start [J] (electrochemistry + self-discharge)."""
+        out: FloatArray = self._cell_heat_j + self._self_discharge_j
+        return out

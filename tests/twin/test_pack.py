@@ -1,0 +1,323 @@
+"""Tests of the twin's battery pack: topology, current sharing, energy and heat accounting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from openbess.cell.params import CellParams, load_cell_params, scale_to_capacity
+from openbess.twin.faults import FaultInjector, FaultKind
+from openbess.twin.pack import (
+    CoolingConfig,
+    Pack,
+    PackTopology,
+    SpreadConfig,
+    draw_spread,
+    lumped_thermal_step,
+    parallel_group_params,
+    share_current,
+)
+
+SPREAD = SpreadConfig(
+    capacity_rel_std=0.02,
+    resistance_rel_std=0.1,
+    self_discharge_per_day_mean=0.002,
+    self_discharge_rel_std=0.5,
+    initial_soc_std=0.02,
+    seed=7,
+)
+
+
+def make_pack(
+    cell: CellParams,
+    topology: PackTopology | None = None,
+    spread: SpreadConfig | None = None,
+    **kwargs: object,
+) -> Pack:
+    topo = topology if topology is not None else PackTopology(2, 2, 3, 2)
+    return Pack(
+        cell,
+        topo,
+        spread if spread is not None else SPREAD,
+        kwargs.pop("cooling", CoolingConfig(coolant_degc=20.0)),  # type: ignore[arg-type]
+        initial_soc=kwargs.pop("initial_soc", 0.5),  # type: ignore[arg-type]
+        ambient_degc=25.0,
+        ageing_window_s=math.inf,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+# -------------------------------------------------------------------------------- topology
+def test_topology_counts_and_indices() -> None:
+    topo = PackTopology(n_strings=2, modules_per_string=3, cells_series_per_module=4)
+    assert topo.n_series == 12
+    assert topo.n_cells == 24
+    assert topo.n_modules == 6
+    mod = topo.module_of_cell()
+    strg = topo.string_of_cell()
+    assert mod.tolist() == [k // 4 for k in range(24)]
+    assert strg.tolist() == [0] * 12 + [1] * 12
+    k = topo.cell_index(string=1, module=2, position=3)
+    assert k == 23
+    assert mod[k] == 5
+    assert strg[k] == 1
+    assert topo.position_in_module()[k] == 3
+    assert topo.module_in_string()[k] == 2
+
+
+@pytest.mark.parametrize("field", ["n_strings", "modules_per_string", "cells_series_per_module"])
+def test_topology_rejects_zero(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        PackTopology(**{field: 0})
+
+
+def test_cell_index_out_of_range_names_the_axis() -> None:
+    with pytest.raises(ValueError, match="module 5"):
+        PackTopology(1, 2, 3).cell_index(0, 5, 0)
+
+
+def test_spread_is_seeded_and_has_the_requested_statistics() -> None:
+    a = draw_spread(SPREAD, 20000)
+    b = draw_spread(SPREAD, 20000)
+    np.testing.assert_array_equal(a.capacity_factor, b.capacity_factor)
+    assert np.std(a.capacity_factor) == pytest.approx(0.02, rel=0.05)
+    assert np.std(a.resistance_factor) == pytest.approx(0.1, rel=0.05)
+    assert np.mean(a.self_discharge_per_day) == pytest.approx(0.002, rel=0.02)
+    assert np.std(a.soc_offset) == pytest.approx(0.02, rel=0.05)
+    c = draw_spread(SPREAD, 20000, seed=8)
+    assert not np.array_equal(a.capacity_factor, c.capacity_factor)
+
+
+def test_spread_rejects_negative_std() -> None:
+    with pytest.raises(ValueError, match="resistance_rel_std"):
+        SpreadConfig(resistance_rel_std=-0.1)
+
+
+def test_parallel_group_scales_capacity_resistance_and_thermal(cell: CellParams) -> None:
+    g = parallel_group_params(cell, 4)
+    assert g.capacity_ah == pytest.approx(4 * cell.capacity_ah)
+    np.testing.assert_allclose(g.r0_ohm, cell.r0_ohm / 4)
+    np.testing.assert_allclose(g.rc_r_ohm, cell.rc_r_ohm / 4)
+    assert g.thermal.mass_kg == pytest.approx(4 * cell.thermal.mass_kg)
+    assert g.thermal.conductance_to_coolant_w_per_k == pytest.approx(
+        4 * cell.thermal.conductance_to_coolant_w_per_k
+    )
+    np.testing.assert_array_equal(g.ocv_v, cell.ocv_v)
+
+
+# -------------------------------------------------------------------------------- sharing
+def test_share_current_common_bus_and_exact_sum() -> None:
+    e = np.array([100.0, 100.5, 99.8])
+    r = np.array([0.1, 0.2, 0.15])
+    i, v = share_current(30.0, e, r)
+    np.testing.assert_allclose(e - r * i, v, atol=1e-9)
+    assert math.fsum(i) == 30.0
+
+
+def test_unequal_strings_share_by_resistance(cell: CellParams) -> None:
+    topo = PackTopology(2, 1, 4)
+    pack = make_pack(cell, topo, SpreadConfig(), initial_soc=0.5)
+    growth = np.zeros(topo.n_cells)
+    growth[topo.n_series :] = 1.0  # second string: double resistance
+    pack.set_ageing(np.zeros(topo.n_cells), growth)
+    e_s, r_s = pack.string_thevenin()
+    assert r_s[1] == pytest.approx(2 * r_s[0])
+    res = pack.step(10.0, 1.0)
+    assert res.string_current_a.sum() == pytest.approx(10.0, rel=0, abs=1e-12)
+    # Same source voltage -> currents in inverse ratio of the resistances.
+    assert res.string_current_a[0] == pytest.approx(2 * res.string_current_a[1], rel=1e-6)
+    # The start-of-step bus voltage is common to both strings.
+    np.testing.assert_allclose(e_s - r_s * res.string_current_a, res.bus_voltage_start_v)
+
+
+def test_strings_at_different_soc_equalise_at_zero_current(cell: CellParams) -> None:
+    topo = PackTopology(2, 1, 4)
+    pack = make_pack(cell, topo, SpreadConfig())
+    pack.state.soc[: topo.n_series] = 0.8
+    pack._thev_cache = None
+    res = pack.step(0.0, 1.0)
+    assert res.string_current_a[0] > 0.1  # the fuller string discharges into the other
+    assert res.string_current_a.sum() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_thevenin_predicts_the_bus_voltage(cell: CellParams) -> None:
+    pack = make_pack(cell)
+    e, r = pack.thevenin()
+    res = pack.step(5.0, 1e-3)
+    assert res.bus_voltage_start_v == pytest.approx(e - r * 5.0, rel=1e-12)
+    # After a tiny step the terminal voltage is still the Thevenin prediction.
+    assert res.pack_voltage_v == pytest.approx(e - r * 5.0, rel=1e-5)
+
+
+def test_soc_follows_coulomb_counting(cell: CellParams) -> None:
+    pack = make_pack(cell, PackTopology(1, 1, 4, 3), SpreadConfig())
+    soc0 = pack.cell_soc
+    q_ah = 3 * cell.capacity_ah
+    for _ in range(60):
+        pack.step(3.0, 10.0)
+    np.testing.assert_allclose(soc0 - pack.cell_soc, 3.0 * 600.0 / (3600 * q_ah), rtol=1e-9)
+    assert pack.voltage_min_seen_v < pack.voltage_max_seen_v
+
+
+# -------------------------------------------------------------------------------- energy
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    profile=st.lists(
+        st.tuples(
+            st.floats(-12.0, 12.0, allow_nan=False),
+            st.floats(0.1, 120.0, allow_nan=False),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    short=st.booleans(),
+)
+def test_energy_balance_closes(
+    cell: CellParams, profile: list[tuple[float, float, bool]], short: bool
+) -> None:
+    faults = FaultInjector(12, 2, 0)
+    if short:
+        faults.inject(FaultKind.INTERNAL_SHORT, 4, at_time_s=30.0, resistance_ohm=5.0)
+    pack = make_pack(cell, faults=faults, initial_soc=0.6)
+    bal = np.zeros(pack.n_cells, dtype=np.bool_)
+    bal[::3] = True
+    for current, dt, balance in profile:
+        res = pack.step(current, dt, 25.0, bal if balance else None, 20.0)
+        assert math.fsum(res.string_current_a) == pytest.approx(current, rel=1e-14, abs=1e-13)
+    eb = pack.energy_balance()
+    assert eb.throughput_j > 0
+    assert abs(eb.residual_j) / eb.throughput_j < 1e-9
+    lhs = eb.stored_start_j - eb.stored_now_j
+    rhs = eb.dc_out_j + eb.cell_heat_j + eb.self_discharge_j + eb.bleed_j + eb.capacity_fade_j
+    assert lhs - rhs == pytest.approx(eb.residual_j, abs=1e-6)
+    tb = pack.thermal_balance()
+    assert abs(tb.residual_j) < 1e-9 * (abs(tb.generated_j) + abs(tb.to_coolant_j) + 1.0)
+    assert np.all(pack.cell_soc >= 0)
+    assert np.all(pack.cell_soc <= 1)
+
+
+def test_energy_balance_with_capacity_fade(cell: CellParams) -> None:
+    pack = make_pack(cell)
+    for _ in range(10):
+        pack.step(4.0, 30.0)
+    fade = np.linspace(0.0, 0.1, pack.n_cells)
+    pack.set_ageing(fade, 1.5 * fade)
+    for _ in range(10):
+        pack.step(-4.0, 30.0)
+    eb = pack.energy_balance()
+    assert eb.capacity_fade_j > 0
+    assert abs(eb.residual_j) / eb.throughput_j < 1e-9
+    np.testing.assert_allclose(pack.cell_soh, 1.0 - fade)
+    assert pack.soh < 1.0
+
+
+def test_dc_energy_matches_bus_power(cell: CellParams) -> None:
+    pack = make_pack(cell)
+    res = pack.step(6.0, 0.5)
+    mean_v = 0.5 * (res.bus_voltage_start_v + res.pack_voltage_v)
+    assert res.dc_energy_j == pytest.approx(mean_v * 6.0 * 0.5, rel=1e-4)
+
+
+def test_balancing_bleeds_only_selected_cells(cell: CellParams) -> None:
+    pack = make_pack(cell, spread=SpreadConfig())
+    bal = np.zeros(pack.n_cells, dtype=np.bool_)
+    bal[[1, 7]] = True
+    soc0 = pack.cell_soc
+    res = pack.step(0.0, 600.0, balancing=bal, bleed_resistance_ohm=10.0)
+    drop = soc0 - pack.cell_soc
+    assert drop[1] > 1e-4
+    assert drop[7] > 1e-4
+    assert np.all(np.abs(np.delete(drop, [1, 7])) < 1e-9)
+    v = 3.15  # about the cell voltage at 50 %
+    assert res.bleed_j == pytest.approx(2 * v * v / 10.0 * 600.0, rel=0.05)
+
+
+def test_step_rejects_bad_arguments(cell: CellParams) -> None:
+    pack = make_pack(cell)
+    with pytest.raises(ValueError, match="dt_s"):
+        pack.step(1.0, 0.0)
+    with pytest.raises(ValueError, match="current_a"):
+        pack.step(math.nan, 1.0)
+    with pytest.raises(ValueError, match="balancing"):
+        pack.step(1.0, 1.0, balancing=np.ones(3, dtype=np.bool_))
+    with pytest.raises(ValueError, match="initial_soc"):
+        make_pack(cell, initial_soc=1.5)
+
+
+# -------------------------------------------------------------------------------- thermal
+def test_thermal_step_is_exact_under_constant_heat() -> None:
+    t0 = np.array([25.0, 40.0])
+    args = (np.array([70.0, 70.0]), np.array([0.3, 0.1]), 20.0, np.array([0.02, 0.02]), 30.0)
+    heat_w = np.array([2.0, 0.5])
+    t_one, qc_one, qa_one = lumped_thermal_step(t0, heat_w * 100.0, 100.0, *args)
+    t_half, qc1, qa1 = lumped_thermal_step(t0, heat_w * 50.0, 50.0, *args)
+    t_two, qc2, qa2 = lumped_thermal_step(t_half, heat_w * 50.0, 50.0, *args)
+    np.testing.assert_allclose(t_two, t_one, rtol=1e-13)
+    np.testing.assert_allclose(qc1 + qc2, qc_one, rtol=1e-10)
+    np.testing.assert_allclose(qa1 + qa2, qa_one, rtol=1e-10)
+    np.testing.assert_allclose(70.0 * (t_one - t0), heat_w * 100.0 - qc_one - qa_one, atol=1e-9)
+
+
+def test_temperature_gradient_along_flow_and_module(cell: CellParams) -> None:
+    topo = PackTopology(1, 4, 8)
+    cooling = CoolingConfig(coolant_degc=20.0, coolant_capacity_rate_w_per_k=0.5)
+    pack = make_pack(cell, topo, SpreadConfig(), cooling=cooling)
+    for k in range(240):
+        pack.step(8.0 if k % 2 else -8.0, 15.0, 20.0)
+    t = pack.cell_temperature_degc.reshape(4, 8)
+    # Coolant warms along the flow: each module warmer than the previous one.
+    assert np.all(np.diff(t.mean(axis=1)) > 0.01)
+    assert np.all(np.diff(pack.coolant_module_degc[0]) > 0)
+    # Middle cells warmer than the edge cells of the same module.
+    assert np.all(t[:, 3] > t[:, 0] + 0.01)
+    assert np.all(t[:, 4] > t[:, 7] + 0.01)
+    assert pack.cell_temperature_degc.min() > 20.0
+
+
+def test_internal_short_heats_and_drains_the_cell(cell: CellParams) -> None:
+    topo = PackTopology(1, 2, 6)
+    faults = FaultInjector(topo.n_cells, 1, 0)
+    faults.inject(FaultKind.INTERNAL_SHORT, 3, at_time_s=600.0, resistance_ohm=5.0)
+    pack = make_pack(cell, topo, SpreadConfig(), faults=faults, time_s=0.0)
+    for _ in range(60):
+        pack.step(0.0, 60.0)
+    t = pack.cell_temperature_degc
+    soc = pack.cell_soc
+    assert int(np.argmax(t)) == 3
+    # About 0.64 A through 5 ohm: 2 W in the cell, 0.3 Ah in 50 min.
+    assert t[3] > np.delete(t, 3).max() + 3.0
+    assert soc[3] < np.delete(soc, 3).min() - 0.2
+    assert pack.energy_balance().self_discharge_j > 0
+    faults.clear(FaultKind.INTERNAL_SHORT, 3)
+    soc_cleared = pack.cell_soc
+    pack.step(0.0, 600.0)
+    assert soc_cleared[3] - pack.cell_soc[3] < 1e-6
+
+
+def test_cooling_failure_heats_its_string(cell: CellParams) -> None:
+    topo = PackTopology(2, 1, 6)
+    faults = FaultInjector(topo.n_cells, 2, 0)
+    faults.inject(FaultKind.COOLING_FAILURE, 1, at_time_s=0.0, remaining_fraction=0.0)
+    pack = make_pack(cell, topo, SpreadConfig(), faults=faults)
+    for k in range(120):
+        pack.step(10.0 if k % 2 else -10.0, 30.0, 20.0)
+    t = pack.cell_temperature_degc.reshape(2, 6)
+    assert t[1].min() > t[0].max() + 1.0
+
+
+def test_real_lfp_parameters_run() -> None:
+    params = scale_to_capacity(load_cell_params("lfp"), 100.0)
+    pack = Pack(params, PackTopology(2, 2, 8), SpreadConfig(seed=3), CoolingConfig(), 0.5, 20.0)
+    pack.ageing_window_s = math.inf
+    e, r = pack.thevenin()
+    assert 16 * 3.0 < e < 16 * 3.5  # 2 strings of 2 x 8 series cells
+    assert 0 < r < 0.1
+    res = pack.step(50.0, 10.0)
+    assert res.pack_voltage_v < e
