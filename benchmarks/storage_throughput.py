@@ -6,6 +6,10 @@ when the wall-clock flush interval elapses (writes happen in the calling thread;
 ``openbess.storage``), minus the time of the same loop without the ``record_*`` calls
 (building the input); ``rows_per_s`` counts every row until the final flush and close.
 
+``caller_thread_cpu_us_per_call`` is the same in CPU time of the calling thread
+(``time.thread_time``), which a loaded machine does not inflate; ``process_cpu_us_per_call``
+adds the watchdog thread (WAL checkpoints).
+
 Scenarios (all rows with a strictly increasing ``time_s``, 60 s apart):
 
 - ``tuple``: ``record_pack(tuple)`` in ``PACK_COLUMNS`` order (the fast path).
@@ -53,11 +57,15 @@ def _tails(rng: np.random.Generator) -> list[tuple[object, ...]]:
     return tails
 
 
-def _time(loop: Callable[[], None]) -> float:
-    """Wall time of one call [s]."""
-    start = time.perf_counter()
+def _time(loop: Callable[[], None]) -> tuple[float, float, float]:
+    """Wall time, calling-thread CPU time and process CPU time of one call [s]."""
+    wall, thread, process = time.perf_counter(), time.thread_time(), time.process_time()
     loop()
-    return time.perf_counter() - start
+    return (
+        time.perf_counter() - wall,
+        time.thread_time() - thread,
+        time.process_time() - process,
+    )
 
 
 def _scenario(
@@ -65,12 +73,12 @@ def _scenario(
 ) -> dict[str, float]:
     """Time ``body`` over ``n`` iterations with a store, and without (the baseline)."""
     path = folder / f"{name}.sqlite"
-    baseline_s = _time(lambda: body(None, n))
+    base_wall_s, base_thread_s, base_process_s = _time(lambda: body(None, n))
     store = RunStore(path)
     store.start_run("bench", {"scenario": name})
-    loop_s = _time(lambda: body(store, n))
-    close_s = _time(store.close)
-    net_s = max(loop_s - baseline_s, 0.0)
+    loop_s, thread_s, process_s = _time(lambda: body(store, n))
+    close_s = _time(store.close)[0]
+    net_s = max(loop_s - base_wall_s, 0.0)
     with sqlite3.connect(path) as conn:
         stored = int(conn.execute("SELECT count(*) FROM pack").fetchone()[0])
     conn.close()
@@ -79,6 +87,8 @@ def _scenario(
     return {
         "us_per_call": round(net_s / n * 1e6, 3),
         "us_per_call_including_input_building": round(loop_s / n * 1e6, 3),
+        "caller_thread_cpu_us_per_call": round((thread_s - base_thread_s) / n * 1e6, 3),
+        "process_cpu_us_per_call": round((process_s - base_process_s) / n * 1e6, 3),
         "rows_per_s": round(n / (net_s + close_s)),
         "close_s": round(close_s, 3),
         "file_bytes_per_row": round(path.stat().st_size / n, 1),

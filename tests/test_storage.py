@@ -311,6 +311,21 @@ def test_runs_are_kept_apart(store: RunStore) -> None:
     assert math.isfinite(runs["ended_at_s"].iloc[0])  # start_run ended the first run
 
 
+def test_end_run_and_pack_row_without_site(store: RunStore) -> None:
+    run_id = store.start_run("home", {}, started_at_s=T0_S)
+    store.record_pack(pack_row(_telemetry(T0_S)))
+    store.end_run(ended_at_s=T0_S + 60.0)
+    with pytest.raises(StorageError, match="no run is open"):
+        store.record_pack(pack_row(_telemetry(T0_S + 1.0)))
+    runs = store.list_runs()
+    assert runs["started_at_s"].tolist() == [T0_S]
+    assert runs["ended_at_s"].tolist() == [T0_S + 60.0]
+    df = store.read_pack(run_id)
+    assert len(df) == 1
+    assert df[["grid_power_w", "pv_power_w", "load_power_w"]].isna().all().all()
+    assert df["soh"].iloc[0] == 0.97
+
+
 def test_unknown_run_id_is_named(store: RunStore) -> None:
     store.start_run("home", {})
     with pytest.raises(ValueError, match="no run with id 99"):
@@ -336,8 +351,9 @@ def test_any_finite_numbers_round_trip_exactly(
     # The integer columns round real numbers: give them integers.
     for name in ("balancing_cells", "gate_seq"):
         i = PACK_NUMERIC_COLUMNS.index(name) - 1
-        if values[i] is not None:
-            values[i] = float(int(max(min(values[i], 2**52), -(2**52))))  # type: ignore[arg-type]
+        v = values[i]
+        if v is not None:
+            values[i] = float(int(max(min(v, 2.0**52), -(2.0**52))))
     row = (time_s, *values, text, "none", "ems", "closed", "")
     with RunStore(":memory:") as s:
         run_id = s.start_run("h", {})
@@ -405,7 +421,7 @@ def test_unserialisable_config_and_event_data(store: RunStore) -> None:
     with pytest.raises(ValueError, match="data: value of type object"):
         store.record_event(0.0, "k", "c", "info", "m", {"x": object()})
     with pytest.raises(ValueError, match="KPI 'cost_eur' expects a number"):
-        store.record_kpis({"cost_eur": "12"})
+        store.record_kpis({"cost_eur": "12"})  # type: ignore[dict-item]
 
 
 def test_not_a_database_is_named(tmp_path: Path) -> None:

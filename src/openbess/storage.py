@@ -18,7 +18,9 @@ Who writes, and when
   does) is starved by a busy caller (the GIL convoy effect), so the backlog would only grow.
 - A small **watchdog thread** flushes buffered data when its deadline passes while the caller
   is idle (a real-time loop sleeping between cycles, a stalled controller), so the bound above
-  holds even if no further ``record_*`` call comes.
+  holds even if no further ``record_*`` call comes. It also runs the WAL checkpoints (copying
+  committed pages into the main file, with its fsync) on its own connection with the GIL
+  released, so the calling thread never waits for a checkpoint's disk writes.
 - ``record_event`` and ``record_kpis`` bring the deadline forward to ``event_flush_s``
   (default 0.05 s) from now: events reach the file promptly, and a burst of events still costs
   at most ~20 commits per second.
@@ -64,7 +66,7 @@ import numpy as np
 import numpy.typing as npt
 
 from openbess import __version__
-from openbess.contract import CONTRACT_VERSION, Telemetry
+from openbess.contract import CONTRACT_VERSION, ContactorState, Outcome, Reason, Telemetry
 from openbess.errors import StorageError
 from openbess.plant import SiteMeasurements
 
@@ -139,12 +141,17 @@ _INTEGER_COLUMNS = frozenset({"balancing_cells", "gate_seq"})
 _N_PACK = len(PACK_COLUMNS)
 _N_NUMERIC = len(PACK_NUMERIC_COLUMNS)
 _PACK_COLUMN_SET = frozenset(PACK_COLUMNS)
-_NUMERIC_SET = frozenset(PACK_NUMERIC_COLUMNS)
-_NUMERIC_TYPES = frozenset({float, int, type(None)})
-_TEXT_TYPES = frozenset({str, type(None)})
+# Types sqlite3 binds as they are (np.float64 and bool subclass float and int; the contract's
+# StrEnums subclass str): rows made of these take the fast path of record_pack.
+_NUMERIC_TYPES = frozenset({float, int, type(None), np.float64, bool})
+_TEXT_TYPES = frozenset({str, type(None), ContactorState, Outcome, Reason})
 _INF = math.inf
+_INTEGRAL = (int, np.integer, np.bool_)
+_REAL = (float, np.floating)
 _monotonic = time.monotonic
-_WAL_AUTOCHECKPOINT_PAGES = 50_000
+_WAL_AUTOCHECKPOINT_PAGES = 10_000  # backstop only: ~40 MB of WAL
+_CHECKPOINT_ROWS = 5_000  # watchdog checkpoints after this many rows (~1.5 MB of WAL)...
+_CHECKPOINT_INTERVAL_S = 30.0  # ...or this long after the last one if anything was written
 
 _CELL_COLUMNS = ("time_s", "cell_index", "voltage_v", "temperature_degc", "soc", "balancing")
 _EVENT_COLUMNS = ("time_s", "kind", "code", "severity", "message", "data")
@@ -241,14 +248,12 @@ def _to_json(value: object, what: str) -> str:
 
 def _coerce_number(name: str, value: object) -> float | int | None:
     """Return ``value`` as a plain float/int (numpy scalars, bools accepted) or raise."""
+    if isinstance(value, _INTEGRAL):
+        return int(value)
+    if isinstance(value, _REAL):
+        return float(value)
     if value is None:
         return None
-    if isinstance(value, bool | np.bool_):
-        return int(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value)
     raise ValueError(
         f"pack column {name!r} expects a number, got {value!r} ({type(value).__name__})"
     )
@@ -269,20 +274,19 @@ def _coerce_text(name: str, value: object) -> str | None:
     raise ValueError(f"pack column {name!r} expects text, got {value!r} ({type(value).__name__})")
 
 
-def _coerce_pack_row(row: tuple[object, ...]) -> tuple[float | int | str | None, ...]:
-    """Slow path of :meth:`RunStore.record_pack`: convert or reject each value by column."""
+def _coerce_pack_row(row: tuple[object, ...]) -> tuple[object, ...]:
+    """Slow path of :meth:`RunStore.record_pack`: convert or reject the off-type values."""
     if len(row) != _N_PACK:
         raise ValueError(
             f"a pack row tuple must have {_N_PACK} values in PACK_COLUMNS order, got {len(row)}"
         )
-    out: list[float | int | str | None] = [
-        _coerce_number(name, value)
-        for name, value in zip(PACK_NUMERIC_COLUMNS, row[:_N_NUMERIC], strict=True)
-    ]
-    out.extend(
-        _coerce_text(name, value)
-        for name, value in zip(PACK_TEXT_COLUMNS, row[_N_NUMERIC:], strict=True)
-    )
+    out = list(row)
+    for i in range(_N_NUMERIC):
+        if type(out[i]) not in _NUMERIC_TYPES:
+            out[i] = _coerce_number(PACK_COLUMNS[i], out[i])
+    for i in range(_N_NUMERIC, _N_PACK):
+        if type(out[i]) not in _TEXT_TYPES:
+            out[i] = _coerce_text(PACK_COLUMNS[i], out[i])
     t = out[0]
     if not isinstance(t, float | int) or not math.isfinite(t):
         raise ValueError(f"pack column 'time_s' must be a finite number, got {row[0]!r}")
@@ -457,7 +461,7 @@ class RunStore:
         self._kpi_buf: list[tuple[str, float | None]] = []
         self._cells_calls = 0
         self._flush_due = time.monotonic() + self.flush_interval_s
-        self._wal_dirty = False
+        self._rows_since_checkpoint = 0
         self._pack_sql = ""
         self._cell_sql = ""
         self._event_sql = ""
@@ -511,7 +515,7 @@ class RunStore:
             if mode != "wal" and not memory:
                 raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
             conn.execute("PRAGMA synchronous=NORMAL")
-            # Checkpoints run in the watchdog thread; this is only a backstop (~200 MB WAL).
+            # Checkpoints run in the watchdog thread; this is only a backstop.
             conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
         if version > SCHEMA_VERSION:
             raise StorageError(
@@ -679,6 +683,9 @@ class RunStore:
             :data:`PACK_COLUMNS` order (fastest; :func:`pack_row` builds one from a
             Telemetry). Numbers may be Python or numpy scalars, ``None`` or NaN (stored as
             NULL); text columns take str or enums; ``alarms`` also takes a sequence of names.
+            Rows made only of float, numpy.float64, int, bool, None, str and the contract's
+            enums take the fast path (~1 us); other types (numpy.float32, numpy.int64...)
+            are converted value by value (a few us more).
 
         Raises
         ------
@@ -922,7 +929,11 @@ class RunStore:
             if n_kpi:
                 conn.executemany(self._kpi_sql, self._kpi_buf[:n_kpi])
             conn.execute("COMMIT")
-            self._wal_dirty = True
+            self._rows_since_checkpoint += n_pack + n_cell + n_event + n_kpi
+            if self._rows_since_checkpoint >= _CHECKPOINT_ROWS:
+                # Checkpoint now, before the next commit, so that the checkpoint completes
+                # and SQLite restarts the WAL from its start (else the WAL only grows).
+                self._wake.set()
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 try:
@@ -948,6 +959,7 @@ class RunStore:
         thread at commit time (``wal_autocheckpoint`` is only a backstop).
         """
         poll_s = self.flush_interval_s / 4.0
+        last_checkpoint = _monotonic()
         checkpoint_conn: sqlite3.Connection | None = None
         if self.path != ":memory:":
             try:
@@ -956,20 +968,27 @@ class RunStore:
                 logger.warning("%s: no checkpoint connection (%s)", self.path, exc)
         try:
             while not self._closed:
+                self._wake.clear()  # a set() from here on ends the wait below at once
                 if self._flush_due <= _monotonic() and self._pending():
                     try:
                         self.flush()
                     except StorageError as exc:  # kept and retried at the next deadline
                         logger.error("background flush failed: %s", exc)
-                if self._wal_dirty and checkpoint_conn is not None:
-                    self._wal_dirty = False
+                if checkpoint_conn is not None and (
+                    self._rows_since_checkpoint >= _CHECKPOINT_ROWS
+                    or (
+                        self._rows_since_checkpoint
+                        and _monotonic() - last_checkpoint >= _CHECKPOINT_INTERVAL_S
+                    )
+                ):
+                    self._rows_since_checkpoint = 0
+                    last_checkpoint = _monotonic()
                     try:
                         checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     except sqlite3.Error as exc:
                         logger.debug("%s: checkpoint skipped (%s)", self.path, exc)
                 wait_s = self._flush_due - _monotonic()
                 self._wake.wait(min(wait_s, poll_s) if wait_s > 0.0 else poll_s)
-                self._wake.clear()
         finally:
             if checkpoint_conn is not None:
                 checkpoint_conn.close()
@@ -1067,14 +1086,13 @@ class RunStore:
             "ORDER BY time_s, rowid",
             params,
         )
-        columns = list(zip(*rows, strict=True)) if rows else [()] * _N_PACK
-        data: dict[str, object] = {}
-        for name, values in zip(PACK_COLUMNS, columns, strict=True):
-            if name in _NUMERIC_SET:
-                data[name] = np.array(values, dtype=np.float64)
-            else:
-                data[name] = pd.array(list(values), dtype="str")
-        return pd.DataFrame(data)
+        df = pd.DataFrame.from_records(rows, columns=list(PACK_COLUMNS))
+        for name in PACK_NUMERIC_COLUMNS:
+            if df[name].dtype != np.float64:
+                df[name] = df[name].astype(np.float64)
+        for name in PACK_TEXT_COLUMNS:
+            df[name] = df[name].astype("str")
+        return df
 
     def read_cells(
         self,

@@ -138,7 +138,7 @@ def test_strings_at_different_soc_equalise_at_zero_current(cell: CellParams) -> 
     topo = PackTopology(2, 1, 4)
     pack = make_pack(cell, topo, SpreadConfig())
     pack.state.soc[: topo.n_series] = 0.8
-    pack._thev_cache = None
+    pack.invalidate()
     res = pack.step(0.0, 1.0)
     assert res.string_current_a[0] > 0.1  # the fuller string discharges into the other
     assert res.string_current_a.sum() == pytest.approx(0.0, abs=1e-12)
@@ -321,3 +321,27 @@ def test_real_lfp_parameters_run() -> None:
     assert 0 < r < 0.1
     res = pack.step(50.0, 10.0)
     assert res.pack_voltage_v < e
+
+
+def test_thevenin_calls_do_not_change_the_trajectory(cell: CellParams) -> None:
+    a = make_pack(cell)
+    b = make_pack(cell)
+    bal = np.zeros(a.n_cells, dtype=np.bool_)
+    bal[2] = True
+    for k in range(20):
+        current = 5.0 * math.sin(k)
+        e, r = a.thevenin()
+        res_a = a.step(current, 7.0, 25.0, bal, 20.0)
+        res_b = b.step(current, 7.0, 25.0, bal, 20.0)
+        assert res_a.bus_voltage_start_v == pytest.approx(e - r * current, rel=1e-12)
+        np.testing.assert_array_equal(res_a.string_current_a, res_b.string_current_a)
+    np.testing.assert_array_equal(a.cell_voltage_v, b.cell_voltage_v)
+    np.testing.assert_array_equal(a.cell_temperature_degc, b.cell_temperature_degc)
+
+
+def test_ageing_changes_are_seen_by_thevenin(cell: CellParams) -> None:
+    pack = make_pack(cell)
+    _, r0 = pack.thevenin()
+    pack.set_ageing(np.zeros(pack.n_cells), np.full(pack.n_cells, 0.5))
+    _, r1 = pack.thevenin()
+    assert r1 == pytest.approx(1.5 * r0)

@@ -43,6 +43,9 @@ from openbess.contract import ContactorState
 
 logger = logging.getLogger(__name__)
 
+#: Tolerance of timer comparisons [s]: float sums of cycle times are not exact.
+TIME_EPS_S = 1e-6
+
 __all__ = [
     "ContactorEvent",
     "ContactorInputs",
@@ -209,7 +212,8 @@ class ContactorMachine:
         self._emit(time_s, code, message)
 
     def _elapsed(self, time_s: float) -> float:
-        return 0.0 if self._entered_s is None else time_s - self._entered_s
+        """Time in the present state or phase [s], rounded up by :data:`TIME_EPS_S`."""
+        return 0.0 if self._entered_s is None else time_s - self._entered_s + TIME_EPS_S
 
     def _current_below_break(self, current_a: float) -> bool:
         return math.isfinite(current_a) and abs(current_a) <= self.params.break_current_a
@@ -279,7 +283,7 @@ class ContactorMachine:
             return
         if self._mismatch_since is None:
             self._mismatch_since = time_s
-        if time_s - self._mismatch_since < p.feedback_delay_s:
+        if time_s - self._mismatch_since + TIME_EPS_S < p.feedback_delay_s:
             return
         if self._main:
             self._fault(time_s, "contactor_feedback_lost", "commanded closed, feedback open")
@@ -290,7 +294,10 @@ class ContactorMachine:
     def _on_open(self, time_s: float, i: ContactorInputs) -> None:
         if not i.close_request or i.trip:
             return
-        if self._opened_s is not None and time_s - self._opened_s < self.params.reclose_delay_s:
+        if (
+            self._opened_s is not None
+            and time_s - self._opened_s + TIME_EPS_S < self.params.reclose_delay_s
+        ):
             return
         self._attempt = 1
         self._waiting = False
@@ -310,7 +317,8 @@ class ContactorMachine:
                 self._go(ContactorState.PRECHARGE, time_s, main=False, precharge=True)
                 self._emit(time_s, "precharge_started", f"precharge attempt {self._attempt}")
             return
-        if self._elapsed(time_s) > 0.0 and self._precharged(i):
+        stepped = self._entered_s is not None and time_s > self._entered_s
+        if stepped and self._precharged(i):
             self._go(ContactorState.CLOSED, time_s, main=True, precharge=False)
             self._emit(
                 time_s,

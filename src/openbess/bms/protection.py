@@ -38,6 +38,9 @@ from openbess.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+#: Tolerance of delay comparisons [s]: float sums of cycle times are not exact.
+TIME_EPS_S = 1e-6
+
 __all__ = [
     "Blocks",
     "Direction",
@@ -583,7 +586,7 @@ class Protection:
             if row.since[k] is None:
                 row.since[k] = time_s
             since = row.since[k]
-            if since is not None and time_s - since >= rule.set_delay_s[k]:
+            if since is not None and time_s - since >= rule.set_delay_s[k] - TIME_EPS_S:
                 target = k + 1
         if row.latched:
             return None
@@ -595,7 +598,7 @@ class Protection:
         elif max(target, held) < row.tier:
             if row.clear_since is None:
                 row.clear_since = time_s
-            if time_s - row.clear_since >= rule.clear_delay_s:
+            if time_s - row.clear_since >= rule.clear_delay_s - TIME_EPS_S:
                 new = max(target, held)
                 row.clear_since = None
         else:

@@ -658,7 +658,9 @@ def _design(reg: _Regression, taus: FloatArray, gamma: float) -> FloatArray:
     return design
 
 
-def _solve(reg: _Regression, design: FloatArray, fit_hyst: bool) -> tuple[FloatArray, float]:
+def _solve(
+    reg: _Regression, design: FloatArray, fit_hyst: bool, lower: FloatArray | None = None
+) -> tuple[FloatArray, float]:
     k = reg.basis_now.shape[1]
     groups = 1 + reg.n_rc
     ncol = design.shape[1]
@@ -679,8 +681,11 @@ def _solve(reg: _Regression, design: FloatArray, fit_hyst: bool) -> tuple[FloatA
     scale[scale == 0] = 1.0
     # Same minimiser on the small triangular system: ||A x - b|| = ||R x - Q^T b|| + const.
     q, r = np.linalg.qr(a / scale)
-    coef_s, _ = optimize.nnls(r, q.T @ b, maxiter=50 * a.shape[1])
-    coef = coef_s / scale
+    qtb = q.T @ b
+    # Lower bounds by substitution x = lb + y, y >= 0 (still a plain NNLS).
+    lb = np.zeros(a.shape[1]) if lower is None else lower[: a.shape[1]] * scale
+    y, _ = optimize.nnls(r, qtb - r @ lb, maxiter=50 * a.shape[1])
+    coef = (lb + y) / scale
     if not fit_hyst:
         coef = np.concatenate([coef, [1.0]])
     resid = reg.y - design[:, :ncol] @ coef
@@ -703,6 +708,8 @@ def fit_ecm_dynamic(
     smoothing: float = 0.05,
     max_evaluations: int = 400,
     weights: FloatArray | None = None,
+    tau_min_s: float = 1.0,
+    r0_floor_fraction: float = 0.5,
 ) -> DynamicFit:
     """Fit R0, ``n_rc`` RC pairs and hysteresis dynamics to a measured log at one temperature.
 
@@ -742,6 +749,11 @@ def fit_ecm_dynamic(
         Budget of the outer Nelder-Mead search.
     weights : numpy.ndarray, optional
         Per-sample weights of the voltage residual.
+    tau_min_s : float
+        Lower bound of the fastest time constant [s] (faster dynamics belong to R0).
+    r0_floor_fraction : float
+        Lower bound of every R0 knot, as a fraction of the SoC-independent R0 fitted first
+        [1]; 0 allows any non-negative value.
 
     Returns
     -------
@@ -813,39 +825,54 @@ def fit_ecm_dynamic(
     )
     has_m = bool(np.any(tab[1] > 0))
     fit_h = fit_hysteresis and has_m
-    dt_min = float(np.min(dt))
 
+    # Time constants: tau_1 = tau_min + e^x1, tau_k = tau_(k-1) (1.5 + e^xk): ordered, distinct.
     def unpack(theta: FloatArray) -> tuple[FloatArray, float]:
-        taus = np.exp(np.cumsum(theta[:n_rc]))
+        taus = np.empty(n_rc)
+        taus[0] = tau_min_s + math.exp(theta[0])
+        for k in range(1, n_rc):
+            taus[k] = taus[k - 1] * (1.5 + math.exp(theta[k]))
         gamma = float(np.exp(theta[n_rc])) if fit_h else gamma_guess
         return taus, gamma
 
     def objective(theta: FloatArray) -> float:
-        taus, gamma = unpack(theta)
-        if taus[0] < 0.2 * dt_min or taus[-1] > 1e5 or gamma > 1e4:
+        if np.any(np.abs(theta) > 30.0):
             return 1e30
-        return _solve(reg, _design(reg, taus, gamma), fit_h)[1]
+        taus, gamma = unpack(theta)
+        if taus[-1] > 1e6 or gamma > 1e5:
+            return 1e30
+        return _solve(reg, _design(reg, taus, gamma), fit_h, lower)[1]
 
     tau0 = np.sort(np.asarray(tau_guess_s, dtype=np.float64))
-    theta0 = np.concatenate(
-        (
-            [math.log(tau0[0])],
-            np.log(np.maximum(tau0[1:] / tau0[:-1], 1.5)),
-            [math.log(max(gamma_guess, 1e-3))] if fit_h else [],
+    theta0 = np.empty(n_rc + (1 if fit_h else 0))
+    theta0[0] = math.log(max(tau0[0] - tau_min_s, 1e-3))
+    for k in range(1, n_rc):
+        theta0[k] = math.log(max(tau0[k] / tau0[k - 1] - 1.5, 1e-3))
+    if fit_h:
+        theta0[n_rc] = math.log(max(gamma_guess, 1e-3))
+    # Floor on R0 knots: a fraction of the SoC-independent R0 (knots the data barely
+    # visits must not collapse to zero series resistance).
+    lower = None
+    if r0_floor_fraction > 0:
+        t0, g0 = unpack(theta0)
+        tied_reg = replace(
+            reg,
+            basis_now=reg.basis_now.sum(axis=1, keepdims=True),
+            u_rc=reg.u_rc.sum(axis=1, keepdims=True),
+            penalty=np.zeros((0, 1)),
         )
-    )
+        c_tied, _ = _solve(tied_reg, _design(tied_reg, t0, g0), fit_h)
+        lower = np.zeros(kk * (1 + n_rc) + 1)
+        lower[:kk] = r0_floor_fraction * c_tied[0]
     res = optimize.minimize(
         objective,
         theta0,
         method="Nelder-Mead",
         options={"maxfev": max_evaluations, "xatol": 1e-3, "fatol": 1e-12},
     )
-    theta = res.x
-    # Keep each later time constant at least 1.5x the previous one (distinct pairs).
-    theta[1:n_rc] = np.maximum(theta[1:n_rc], math.log(1.5))
-    taus, gamma = unpack(theta)
+    taus, gamma = unpack(res.x)
     design = _design(reg, taus, gamma)
-    coef, _ = _solve(reg, design, fit_h)
+    coef, _ = _solve(reg, design, fit_h, lower)
     model_v = tab[0] + design @ coef
     resid = np.concatenate(([cell_log.voltage_v[0] - _v0(model, soc0, temp, hysteresis0)],
                             cell_log.voltage_v[1:] - model_v))

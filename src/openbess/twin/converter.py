@@ -23,7 +23,9 @@ One converter step (:func:`convert`):
 3. below the deadband -> idle;
 4. the DC power for that AC power gives the current, which is clipped to the BMS's charge and
    discharge current limits: HARD caps, the returned current never exceeds them;
-5. if the current was limited, the AC power follows from the DC power actually delivered.
+5. if the current was limited, the AC power follows from the DC power actually delivered;
+6. if the DC current or the AC power would flow against the request (a charge request below
+   the losses, a discharge capped below the no-load loss), the converter idles.
 """
 
 from __future__ import annotations
@@ -361,6 +363,7 @@ def convert(
     if math.isfinite(params.ramp_rate_w_per_s) and math.isfinite(dt_s):
         step = params.ramp_rate_w_per_s * dt_s
         target = np.clip(target, prev - step, prev + step)
+        target = np.clip(target, -params.max_charge_power_w, params.max_discharge_power_w)
     e_safe = np.where(closed, e, 1.0)
     operating = closed & (np.abs(target) > params.deadband_w)
 
@@ -374,6 +377,11 @@ def convert(
     pdc = (e_safe - r * current) * current
     limited = ~np.isclose(pdc, pdc_wanted, rtol=1e-12, atol=1e-9)
     ac = np.where(limited, ac_from_dc_w(pdc, params), target)
+    # the converter never runs the battery against the request: a charge request smaller than
+    # the losses, or a discharge capped below the no-load loss, would turn a flow around (the
+    # battery or the grid feeding the losses alone); the converter idles instead
+    operating &= (ac * target > 0.0) & (current * target > 0.0)
+    current = np.where(operating, current, 0.0)
     ac = np.where(operating, ac, -params.standby_w)
     pdc = np.where(operating, pdc, 0.0)
     loss = pdc - ac

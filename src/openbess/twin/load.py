@@ -258,6 +258,8 @@ class LoadModel:
             The file (see :func:`openbess.data.read_timeseries_csv`).
         column : str
             Column holding the power [W].
+        annual_energy_wh : float or None
+            Target energy per year [Wh]; None keeps the file's level.
         noise_fraction, noise_step_s, seed, method, wrap
             As for :class:`LoadModel`.
 

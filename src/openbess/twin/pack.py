@@ -450,21 +450,85 @@ def lumped_thermal_step(
         End temperature [degC], heat given to the coolant [J] and to the ambient [J] during
         the step; ``C (T1 - T0) == heat_j - q_coolant - q_ambient``.
     """
-    g_tot = conductance_coolant_w_per_k + conductance_ambient_w_per_k
-    t_env = (
-        conductance_coolant_w_per_k * coolant_degc + conductance_ambient_w_per_k * ambient_degc
-    ) / g_tot
-    t_inf = t_env + heat_j / (dt_s * g_tot)
-    x = dt_s * g_tot / heat_capacity_j_per_k
-    decay = np.exp(-x)
-    # Mean of the exponential over the step; x > 0 since every conductance to ambient is > 0.
-    mean_frac = -np.expm1(-x) / x
-    delta0 = temperature_degc - t_inf
-    t_mean = t_inf + delta0 * mean_frac
-    t1: FloatArray = t_inf + delta0 * decay
-    q_coolant: FloatArray = conductance_coolant_w_per_k * (t_mean - coolant_degc) * dt_s
-    q_ambient: FloatArray = conductance_ambient_w_per_k * (t_mean - ambient_degc) * dt_s
-    return t1, q_coolant, q_ambient
+    coeffs = ThermalCoefficients.build(
+        dt_s, heat_capacity_j_per_k, conductance_coolant_w_per_k, conductance_ambient_w_per_k
+    )
+    return coeffs.apply(temperature_degc, heat_j, coolant_degc, ambient_degc)
+
+
+@dataclass(frozen=True, slots=True)
+class ThermalCoefficients:
+    """Pre-computed coefficients of :func:`lumped_thermal_step` for one step length.
+
+    They depend only on the step, the heat capacities and the conductances, so the pack builds
+    them once and reuses them while those do not change.
+
+    Parameters
+    ----------
+    dt_s : float
+        Step [s].
+    w_coolant, w_ambient : numpy.ndarray
+        ``Gc / G`` and ``Ga / G`` with ``G = Gc + Ga`` [1].
+    inv_power_conductance : numpy.ndarray
+        ``1 / (dt G)`` [K/J].
+    decay : numpy.ndarray
+        ``exp(-dt G / C)`` [1].
+    mean_fraction : numpy.ndarray
+        Mean of the decay over the step, ``(1 - decay) / (dt G / C)`` [1].
+    gc_dt, ga_dt : numpy.ndarray
+        ``Gc dt`` and ``Ga dt`` [J/K].
+    """
+
+    dt_s: float
+    w_coolant: FloatArray
+    w_ambient: FloatArray
+    inv_power_conductance: FloatArray
+    decay: FloatArray
+    mean_fraction: FloatArray
+    gc_dt: FloatArray
+    ga_dt: FloatArray
+
+    @classmethod
+    def build(
+        cls,
+        dt_s: float,
+        heat_capacity_j_per_k: FloatArray,
+        conductance_coolant_w_per_k: FloatArray,
+        conductance_ambient_w_per_k: FloatArray,
+    ) -> ThermalCoefficients:
+        """Coefficients for a step of ``dt_s`` (arguments as in :func:`lumped_thermal_step`)."""
+        gc = np.asarray(conductance_coolant_w_per_k, dtype=np.float64)
+        ga = np.asarray(conductance_ambient_w_per_k, dtype=np.float64)
+        g_tot = gc + ga
+        x = dt_s * g_tot / heat_capacity_j_per_k
+        # x > 0 since every conductance to ambient is > 0.
+        return cls(
+            dt_s=dt_s,
+            w_coolant=gc / g_tot,
+            w_ambient=ga / g_tot,
+            inv_power_conductance=1.0 / (dt_s * g_tot),
+            decay=np.exp(-x),
+            mean_fraction=-np.expm1(-x) / x,
+            gc_dt=gc * dt_s,
+            ga_dt=ga * dt_s,
+        )
+
+    def apply(
+        self,
+        temperature_degc: FloatArray,
+        heat_j: FloatArray,
+        coolant_degc: FloatArray | float,
+        ambient_degc: float,
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """One exact step (see :func:`lumped_thermal_step` for the arguments and results)."""
+        t_inf = self.w_coolant * coolant_degc + self.w_ambient * ambient_degc
+        t_inf += heat_j * self.inv_power_conductance
+        delta0 = temperature_degc - t_inf
+        t_mean = t_inf + delta0 * self.mean_fraction
+        t1: FloatArray = t_inf + delta0 * self.decay
+        q_coolant: FloatArray = self.gc_dt * (t_mean - coolant_degc)
+        q_ambient: FloatArray = self.ga_dt * (t_mean - ambient_degc)
+        return t1, q_coolant, q_ambient
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,6 +643,43 @@ class ThermalBalance:
     residual_j: float
 
 
+class _MemoCellModel(ecm.CellModel):
+    """CellModel that can hand one table lookup from ``thevenin`` to the next ``step``.
+
+    The pack's Thevenin equivalent (needed by the converter and the string split) and the start
+    of :func:`openbess.cell.ecm.step` look the tables up at the same (SoC, temperature) arrays;
+    the lookup is the costliest part of a step, so it is done once. The memo is one-shot and
+    keyed on the identity of the input arrays (the pack replaces them every step and calls
+    :meth:`forget` whenever it changes them otherwise).
+    """
+
+    def __init__(self, params: CellParams) -> None:
+        super().__init__(params)
+        self._memo: tuple[FloatArray, FloatArray, FloatArray] | None = None
+        self._record = False
+
+    def record_next(self) -> None:
+        """Remember the result of the next :meth:`tables` call."""
+        self._record = True
+
+    def forget(self) -> None:
+        """Drop the remembered lookup."""
+        self._memo = None
+        self._record = False
+
+    def tables(self, soc: FloatArray, temperature_degc: FloatArray) -> FloatArray:
+        """Interpolate every table (see :meth:`openbess.cell.ecm.CellModel.tables`)."""
+        memo = self._memo
+        if memo is not None and memo[0] is soc and memo[1] is temperature_degc:
+            self._memo = None
+            return memo[2]
+        out = super().tables(soc, temperature_degc)
+        if self._record:
+            self._memo = (soc, temperature_degc, out)
+            self._record = False
+        return out
+
+
 # --------------------------------------------------------------------------------------------
 # The pack
 # --------------------------------------------------------------------------------------------
@@ -647,7 +748,7 @@ class Pack:
         self._ns = topology.n_strings
         self._nser = topology.n_series
         self.group_params = parallel_group_params(params, topology.cells_parallel)
-        self.model = ecm.CellModel(self.group_params)
+        self.model = _MemoCellModel(self.group_params)
         draws = draw_spread(self.spread, n, seed)
         self.cell_spread = draws
 
@@ -691,6 +792,8 @@ class Pack:
         self._coolant_module_degc: FloatArray = np.full(
             (self._ns, topology.modules_per_string), self._coolant_inlet_degc()
         )
+        self._thermal_version = 0
+        self._thermal: ThermalCoefficients | None = None
         self._update_coolant_network()
 
         # Fault-derived arrays.
@@ -705,6 +808,8 @@ class Pack:
         self._string_current_a: FloatArray = np.zeros(self._ns)
         self._current_a = 0.0
         self._thev_cache: tuple[FloatArray, FloatArray] | None = None
+        self._string_thev_cache: tuple[FloatArray, FloatArray] | None = None
+        self._thermal_key: tuple[float, int] | None = None
 
         # Energy accumulators per cell [J].
         self._stored_start_j: FloatArray = self.model.stored_energy_j(
@@ -830,8 +935,16 @@ class Pack:
         return float(self.model.stored_energy_j(self.state.soc, self._capacity_ah).sum())
 
     # ---------------------------------------------------------------- electrical equivalents
+    def invalidate(self) -> None:
+        """Drop cached lookups; call after changing ``state`` or temperatures in place."""
+        self._thev_cache = None
+        self._string_thev_cache = None
+        self.model.forget()
+
     def _cell_thevenin(self) -> tuple[FloatArray, FloatArray]:
         if self._thev_cache is None:
+            # The table lookup is remembered for the start of the next ECM step (same state).
+            self.model.record_next()
             self._thev_cache = self.model.thevenin(
                 self.state, self._temperature_degc, self._r_scale
             )
@@ -845,10 +958,12 @@ class Pack:
         tuple of numpy.ndarray
             Source voltage [V] and resistance [ohm] of each string, shape ``(n_strings,)``.
         """
-        e, r = self._cell_thevenin()
-        e_s: FloatArray = e.reshape(self._ns, self._nser).sum(axis=1)
-        r_s: FloatArray = r.reshape(self._ns, self._nser).sum(axis=1)
-        return e_s, r_s
+        if self._string_thev_cache is None or self._thev_cache is None:
+            e, r = self._cell_thevenin()
+            e_s: FloatArray = e.reshape(self._ns, self._nser).sum(axis=1)
+            r_s: FloatArray = r.reshape(self._ns, self._nser).sum(axis=1)
+            self._string_thev_cache = (e_s, r_s)
+        return self._string_thev_cache
 
     def thevenin(self) -> tuple[float, float]:
         """Thevenin equivalent of the pack now (strings in parallel).
@@ -872,6 +987,7 @@ class Pack:
         self._coolant_matrix: FloatArray = k
         self._coolant_inlet_weight: FloatArray = w
         self._ua_module_safe: FloatArray = np.where(ua > 0.0, ua, 1.0)
+        self._thermal_version += 1
 
     def _coolant_inlet_degc(self) -> float:
         c = self.cooling.coolant_degc
@@ -989,16 +1105,17 @@ class Pack:
 
         temp0 = self._temperature_degc
         soc0 = self.state.soc
+        if self._thev_cache is None:
+            self.model.forget()
         res = ecm.step(
             self.model, self.state, cell_i, dt_s, temp0, self._capacity_ah, self._r_scale, leak_a
         )
-        self._thev_cache = None
+        self.invalidate()
 
         # Split the leak energy between the bleed resistors and the cells (proportional to the
         # currents: the leak draws energy linearly in its current).
         if bleed_a is not None:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                share = np.where(leak_a > 0.0, bleed_a / leak_a, 0.0)
+            share = bleed_a / np.maximum(leak_a, 1e-300)  # 0 where there is no leak at all
             bleed_j = res.leak_energy_j * share
             sd_j = res.leak_energy_j - bleed_j
             self._bleed_j += bleed_j
@@ -1019,16 +1136,15 @@ class Pack:
             self._coolant_module_degc.ravel(), self.topology.cells_series_per_module
         )
         heat_in_cell = res.heat_j + sd_j
-        t1, q_cool, q_amb = lumped_thermal_step(
-            temp0,
-            heat_in_cell,
-            dt_s,
-            self._heat_capacity_j_per_k,
-            self._g_coolant,
-            coolant_cell,
-            self._g_ambient,
-            self.ambient_degc,
-        )
+        key = (dt_s, self._thermal_version)
+        thermal = self._thermal
+        if thermal is None or self._thermal_key != key:
+            thermal = ThermalCoefficients.build(
+                dt_s, self._heat_capacity_j_per_k, self._g_coolant, self._g_ambient
+            )
+            self._thermal = thermal
+            self._thermal_key = key
+        t1, q_cool, q_amb = thermal.apply(temp0, heat_in_cell, coolant_cell, self.ambient_degc)
         self._temperature_degc = t1
 
         # 4. Accumulate energy terms.
@@ -1113,7 +1229,7 @@ class Pack:
         self._fade_j += e_before - e_after
         self._r_growth = growth
         self._r_scale = self._r_spread * (1.0 + growth)
-        self._thev_cache = None
+        self.invalidate()
 
     # ---------------------------------------------------------------- accounting
     def energy_balance(self) -> EnergyBalance:

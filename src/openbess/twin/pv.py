@@ -472,7 +472,7 @@ class PvModel:
         source: Literal["clearsky_index", "measured"] = "clearsky_index",
         weather: pd.DataFrame | None = None,
         reference_dc_w: float | None = None,
-        cache_step_s: float = 60.0,
+        cache_step_s: float = 300.0,
         wrap: bool = True,
     ) -> None:
         if source not in ("clearsky_index", "measured"):
