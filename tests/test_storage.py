@@ -639,7 +639,7 @@ def test_sigkill_while_recording_loses_at_most_the_last_interval(tmp_path: Path,
     path, lines, kill_time = _run_child(tmp_path, mode, run_s=2.5)
     recorded_s = [float(ln.split()[2]) for ln in lines if ln[0].isdigit()]
     # the child was recording until the kill, and long enough for the bound to bite
-    assert recorded_s[-1] >= kill_time - 0.5
+    assert recorded_s[-1] >= kill_time - 1.0
     assert recorded_s[0] <= kill_time - (FLUSH_INTERVAL_S + MARGIN_S)
     _check_after_kill(path, lines, kill_time)
 

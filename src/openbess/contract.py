@@ -50,6 +50,14 @@ class ContactorState(StrEnum):
     FAULT = "fault"
 
 
+class ContactorRequest(StrEnum):
+    """What the BMS asks of the contactor circuit."""
+
+    OPEN = "open"
+    PRECHARGE = "precharge"
+    CLOSE = "close"
+
+
 class Outcome(StrEnum):
     """What the gate did with the latest command."""
 
@@ -200,8 +208,8 @@ class Actuation:
     charge_current_limit_a, discharge_current_limit_a : float
         Hard DC current caps [A] the converter must honour whatever the setpoint (as real
         inverters do with a BMS's CCL/DCL).
-    contactor_close : bool
-        Request for the main contactor.
+    contactor : ContactorRequest
+        Request for the contactor circuit: ``open``, ``precharge`` or ``close``.
     balancing : numpy.ndarray of bool or None
         Per cell: bleed resistor on.
     """
@@ -209,7 +217,7 @@ class Actuation:
     ac_power_setpoint_w: float
     charge_current_limit_a: float
     discharge_current_limit_a: float
-    contactor_close: bool = True
+    contactor: ContactorRequest = ContactorRequest.CLOSE
     balancing: BoolArray | None = None
 
 

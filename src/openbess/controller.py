@@ -15,21 +15,32 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from openbess.contract import Actuation, Command, GateDecision, Limits, Telemetry
+from openbess.contract import (
+    Actuation,
+    Command,
+    ContactorRequest,
+    GateDecision,
+    Limits,
+    Telemetry,
+)
 from openbess.ems.strategy import Strategy
 from openbess.gate import Gate
 from openbess.plant import Measurements, Plant, SiteMeasurements
 
 log = logging.getLogger(__name__)
 
-SAFE_ACTUATION = Actuation(0.0, 0.0, 0.0, contactor_close=False)
+SAFE_ACTUATION = Actuation(0.0, 0.0, 0.0, contactor=ContactorRequest.OPEN)
 
 
 class Bms(Protocol):
     """What the cycle needs from the BMS."""
 
     def update(
-        self, now_s: float, measurements: Measurements, last_decision: GateDecision
+        self,
+        now_s: float,
+        measurements: Measurements,
+        last_decision: GateDecision,
+        ems_link_age_s: float = ...,
     ) -> tuple[Telemetry, Limits]:
         """Monitor, estimate, protect; return the Telemetry and this cycle's limits."""
 
@@ -137,7 +148,9 @@ class Controller:
         self.site = site
         # 2. BMS
         try:
-            telemetry, limits = self.bms.update(now_s, meas, self.gate.last_decision)
+            telemetry, limits = self.bms.update(
+                now_s, meas, self.gate.last_decision, self.gate.command_age_s(now_s)
+            )
         except Exception as err:  # a BMS failure is a fault: safe state
             self.counters.bms_errors += 1
             log.exception("BMS phase failed at t=%.0f: safe state", now_s)

@@ -54,6 +54,21 @@ class Gate:
         self.last_decision = decision
         return decision
 
+    def command_age_s(self, now_s: float) -> float:
+        """Time since the last command became active [s] (inf if none yet).
+
+        Parameters
+        ----------
+        now_s : float
+            Current time [s, Unix UTC].
+
+        Returns
+        -------
+        float
+            Age [s].
+        """
+        return now_s - self._active_since_s
+
     def submit(self, now_s: float, command: Command) -> GateDecision | None:
         """Offer a new command; return a decision if it is dropped or refused at once.
 
@@ -141,7 +156,6 @@ class Gate:
             ac_power_setpoint_w=decision.granted_w,
             charge_current_limit_a=chg_a,
             discharge_current_limit_a=dis_a,
-            contactor_close=closed,
         )
         return actuation, self._count(decision)
 

@@ -13,8 +13,10 @@ from openbess.cell.params import CellParams, load_cell_params, scale_to_capacity
 from openbess.twin.faults import FaultInjector, FaultKind
 from openbess.twin.pack import (
     CoolingConfig,
+    FloatArray,
     Pack,
     PackTopology,
+    SemiEmpiricalAgeing,
     SpreadConfig,
     draw_spread,
     lumped_thermal_step,
@@ -345,3 +347,71 @@ def test_ageing_changes_are_seen_by_thevenin(cell: CellParams) -> None:
     pack.set_ageing(np.zeros(pack.n_cells), np.full(pack.n_cells, 0.5))
     _, r1 = pack.thevenin()
     assert r1 == pytest.approx(1.5 * r0)
+
+
+# -------------------------------------------------------------------------------- ageing
+def test_calendar_fade_follows_sqrt_time_in_any_window(cell: CellParams) -> None:
+    n = 3
+    daily = SemiEmpiricalAgeing(cell, np.full(n, 2.0))
+    yearly = SemiEmpiricalAgeing(cell, np.full(n, 2.0))
+    temp = np.array([25.0, 25.0, 45.0])
+    soc = np.array([0.5, 0.9, 0.5])
+    for _ in range(365):
+        fade_d, growth_d = daily.advance(86400.0, temp, soc, np.zeros(n))
+    fade_y, _ = yearly.advance(365 * 86400.0, temp, soc, np.zeros(n))
+    np.testing.assert_allclose(fade_d, fade_y, rtol=1e-9)
+    k = cell.ageing["calendar_k_per_sqrt_day"]
+    assert fade_d[0] == pytest.approx(k * math.sqrt(365.0))
+    assert fade_d[1] > fade_d[0]  # high SoC ages faster
+    assert fade_d[2] > 2 * fade_d[0]  # so does heat (50 kJ/mol: about x3.6 at 45 degC)
+    g = cell.ageing["resistance_growth_per_capacity_fade"]
+    np.testing.assert_allclose(growth_d, g * fade_d)
+
+
+def test_cycle_fade_counts_equivalent_full_cycles(cell: CellParams) -> None:
+    model = SemiEmpiricalAgeing(cell, np.array([2.0]))
+    model.k_cal = 0.0
+    fade, _ = model.advance(3600.0, np.array([25.0]), np.array([0.5]), np.array([400.0]))
+    assert fade[0] == pytest.approx(cell.ageing["cycle_k_per_efc"] * 100.0)
+
+
+class RecordingAgeing:
+    def __init__(self, n: int) -> None:
+        self.calls: list[tuple[float, FloatArray, FloatArray, FloatArray]] = []
+        self.n = n
+
+    def advance(
+        self, duration_s: float, temperature_degc: FloatArray, soc: FloatArray, ah: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        self.calls.append((duration_s, temperature_degc.copy(), soc.copy(), ah.copy()))
+        fade = np.full(self.n, 0.01 * len(self.calls))
+        return fade, 2.0 * fade
+
+
+def test_pack_ages_on_windows_and_feeds_back(cell: CellParams) -> None:
+    topo = PackTopology(2, 1, 3)
+    rec = RecordingAgeing(topo.n_cells)
+    pack = Pack(cell, topo, SpreadConfig(), CoolingConfig(), 0.5, 25.0, ageing=rec)
+    q0 = pack.cell_capacity_ah
+    for _ in range(25):
+        pack.step(4.0, 10.0)  # 250 s: windows close at 60, 120, 180, 240 s
+    assert len(rec.calls) == 4
+    duration, temp, soc, ah = rec.calls[0]
+    assert duration == pytest.approx(60.0)
+    np.testing.assert_allclose(ah, 2.0 * 60.0 / 3600.0, rtol=1e-6)  # 2 A per string
+    assert np.all(soc < 0.5)
+    assert np.all(temp >= 25.0)
+    np.testing.assert_allclose(pack.cell_capacity_ah, q0 * 0.96)
+    np.testing.assert_allclose(pack.cell_resistance_scale, 1.08)
+    eb = pack.energy_balance()
+    assert eb.capacity_fade_j > 0
+    assert abs(eb.residual_j) / eb.throughput_j < 1e-9
+
+
+def test_default_ageing_fades_a_hot_pack_faster(cell: CellParams) -> None:
+    cool = Pack(cell, PackTopology(1, 1, 2), ambient_degc=15.0, ageing_window_s=3600.0)
+    hot = Pack(cell, PackTopology(1, 1, 2), ambient_degc=40.0, ageing_window_s=3600.0)
+    for pack in (cool, hot):
+        for _ in range(48):
+            pack.step(0.0, 3600.0)
+    assert 0.0 < 1.0 - cool.soh < 1.0 - hot.soh

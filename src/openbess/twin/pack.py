@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -643,6 +643,113 @@ class ThermalBalance:
     residual_j: float
 
 
+class AgeingModel(Protocol):
+    """What the pack needs from an ageing model (called once per ageing window)."""
+
+    def advance(
+        self,
+        duration_s: float,
+        temperature_degc: FloatArray,
+        soc: FloatArray,
+        throughput_ah: FloatArray,
+    ) -> tuple[FloatArray, FloatArray]:
+        """Age every cell by one window; return the TOTAL ageing since beginning of life.
+
+        Parameters
+        ----------
+        duration_s : float
+            Window length [s].
+        temperature_degc : numpy.ndarray
+            Time-mean cell temperature over the window [degC], shape ``(n_cells,)``.
+        soc : numpy.ndarray
+            Time-mean SoC over the window [fraction].
+        throughput_ah : numpy.ndarray
+            Charge moved through each cell in the window [Ah] (discharge + charge).
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            Capacity fade and resistance growth since beginning of life [fraction].
+        """
+        ...
+
+
+GAS_CONSTANT_J_PER_MOL_K = 8.314462618
+AGEING_REFERENCE_K = 298.15
+
+
+class SemiEmpiricalAgeing:
+    """Calendar (square-root of time) plus cycle (linear in throughput) capacity fade.
+
+    A stand-in built on the ``[ageing]`` coefficients of the cell file until
+    :mod:`openbess.cell.ageing` is wired in. Per cell::
+
+        calendar: q_cal = k_cal * A(T, Ea_cal) * exp(s * (SoC - 0.5)) * sqrt(t [days])
+        cycle:    dq_cyc = k_cyc * A(T, Ea_cyc) * dEFC,   EFC = Ah / (2 Q_bol)
+        resistance growth = g * (q_cal + q_cyc)
+
+    with the Arrhenius factor ``A = exp(-Ea / R (1/T - 1/298.15 K))``. The square-root law is
+    advanced with the equivalent-time method (the time that gives the present fade at the
+    window's stress), so varying conditions add up consistently.
+
+    Parameters
+    ----------
+    params : CellParams
+        Its ``ageing`` dict: ``calendar_k_per_sqrt_day``, ``calendar_activation_energy_j_per_mol``,
+        ``calendar_soc_factor``, ``cycle_k_per_efc``, ``cycle_activation_energy_j_per_mol``,
+        ``resistance_growth_per_capacity_fade`` (missing: 0, no ageing of that kind).
+    capacity_bol_ah : numpy.ndarray
+        Beginning-of-life capacity of each cell [Ah].
+    """
+
+    def __init__(self, params: CellParams, capacity_bol_ah: FloatArray) -> None:
+        a = params.ageing
+        self.k_cal = float(a.get("calendar_k_per_sqrt_day", 0.0))
+        self.ea_cal = float(a.get("calendar_activation_energy_j_per_mol", 0.0))
+        self.soc_factor = float(a.get("calendar_soc_factor", 0.0))
+        self.k_cyc = float(a.get("cycle_k_per_efc", 0.0))
+        self.ea_cyc = float(a.get("cycle_activation_energy_j_per_mol", 0.0))
+        self.growth_per_fade = float(a.get("resistance_growth_per_capacity_fade", 0.0))
+        self.capacity_bol_ah = np.asarray(capacity_bol_ah, dtype=np.float64)
+        n = self.capacity_bol_ah.size
+        #: Calendar and cycle fade since beginning of life [fraction].
+        self.calendar_fade: FloatArray = np.zeros(n)
+        self.cycle_fade: FloatArray = np.zeros(n)
+
+    @staticmethod
+    def _arrhenius(temperature_degc: FloatArray, ea_j_per_mol: float) -> FloatArray:
+        t_k = np.asarray(temperature_degc, dtype=np.float64) + 273.15
+        out: FloatArray = np.exp(
+            -ea_j_per_mol / GAS_CONSTANT_J_PER_MOL_K * (1.0 / t_k - 1.0 / AGEING_REFERENCE_K)
+        )
+        return out
+
+    def advance(
+        self,
+        duration_s: float,
+        temperature_degc: FloatArray,
+        soc: FloatArray,
+        throughput_ah: FloatArray,
+    ) -> tuple[FloatArray, FloatArray]:
+        """Age every cell by one window (see :class:`AgeingModel`)."""
+        if self.k_cal > 0:
+            stress = (
+                self.k_cal
+                * self._arrhenius(temperature_degc, self.ea_cal)
+                * np.exp(self.soc_factor * (np.asarray(soc) - 0.5))
+            )
+            t_eq_days = (self.calendar_fade / stress) ** 2
+            self.calendar_fade = stress * np.sqrt(t_eq_days + duration_s / SECONDS_PER_DAY)
+        if self.k_cyc > 0:
+            efc = np.asarray(throughput_ah) / (2.0 * self.capacity_bol_ah)
+            self.cycle_fade = (
+                self.cycle_fade + self.k_cyc * self._arrhenius(temperature_degc, self.ea_cyc) * efc
+            )
+        fade: FloatArray = self.calendar_fade + self.cycle_fade
+        growth: FloatArray = self.growth_per_fade * fade
+        return fade, growth
+
+
 class _MemoCellModel(ecm.CellModel):
     """CellModel that can hand one table lookup from ``thevenin`` to the next ``step``.
 
@@ -711,6 +818,8 @@ class Pack:
         Simulated time between two ageing updates [s]; ``math.inf`` disables ageing.
     initial_temperature_degc : float, optional
         Initial cell temperature [degC].
+    ageing : AgeingModel, optional
+        Ageing model; default :class:`SemiEmpiricalAgeing` from ``params.ageing``.
     """
 
     def __init__(
@@ -727,6 +836,7 @@ class Pack:
         time_s: float = 0.0,
         ageing_window_s: float = 60.0,
         initial_temperature_degc: float | None = None,
+        ageing: AgeingModel | None = None,
     ) -> None:
         if not 0.0 <= initial_soc <= 1.0:
             raise ValueError(f"initial_soc must be in [0, 1], got {initial_soc!r}")
@@ -828,7 +938,11 @@ class Pack:
         self._win_temp_ks: FloatArray = np.zeros(n)  # int T dt [K s]
         self._win_soc_s: FloatArray = np.zeros(n)  # int SoC dt [s]
         self._win_string_as: FloatArray = np.zeros(self._ns)  # int |I| dt [A s]
-        self._ageing_state: object | None = None
+        self.ageing: AgeingModel = (
+            ageing
+            if ageing is not None
+            else SemiEmpiricalAgeing(self.group_params, self.capacity_bol_ah)
+        )
 
     # ---------------------------------------------------------------- true state (read only)
     @property
@@ -1194,17 +1308,8 @@ class Pack:
         self._win_temp_ks[:] = 0.0
         self._win_soc_s[:] = 0.0
         self._win_string_as[:] = 0.0
-        fade, growth = self._ageing_update(dt, mean_t, mean_soc, throughput_ah)
+        fade, growth = self.ageing.advance(dt, mean_t, mean_soc, throughput_ah)
         self.set_ageing(fade, growth)
-
-    def _ageing_update(
-        self,
-        duration_s: float,
-        mean_temperature_degc: FloatArray,
-        mean_soc: FloatArray,
-        throughput_ah: FloatArray,
-    ) -> tuple[FloatArray, FloatArray]:
-        raise NotImplementedError
 
     def set_ageing(self, capacity_fade: FloatArray, resistance_growth: FloatArray) -> None:
         """Set the ageing of every cell; the stored-energy change is booked as capacity fade.
