@@ -125,6 +125,7 @@ class Controller:
     telemetry: Telemetry | None = None
     site: SiteMeasurements | None = None
     last_command: Command | None = None
+    _first_cycle_s: float | None = None
     _next_dispatch_s: float = -math.inf
     _next_replan_s: float = -math.inf
 
@@ -142,6 +143,8 @@ class Controller:
             This cycle's Telemetry (None if the BMS phase failed).
         """
         self.counters.cycles += 1
+        if self._first_cycle_s is None:
+            self._first_cycle_s = now_s
         # 1. plant / measure
         self.plant.advance_to(now_s)
         meas, site = self.plant.read()
@@ -149,7 +152,7 @@ class Controller:
         # 2. BMS
         try:
             telemetry, limits = self.bms.update(
-                now_s, meas, self.gate.last_decision, self.gate.command_age_s(now_s)
+                now_s, meas, self.gate.last_decision, self._link_age_s(now_s)
             )
         except Exception as err:  # a BMS failure is a fault: safe state
             self.counters.bms_errors += 1
@@ -202,6 +205,11 @@ class Controller:
                 self.counters.log_errors += 1
                 log.exception("log phase failed at t=%.0f", now_s)
         return telemetry
+
+    def _link_age_s(self, now_s: float) -> float:
+        # The link's age counts from the controller's start, not from the epoch.
+        start = self._first_cycle_s if self._first_cycle_s is not None else now_s
+        return min(self.gate.command_age_s(now_s), now_s - start)
 
     def _event(
         self, now_s: float, kind: str, code: str, severity: str, message: str

@@ -180,7 +180,7 @@ step = st.tuples(
 def test_calculator_never_rises_faster_than_the_rate_and_never_exceeds_the_target(steps):
     calc = LimitCalculator(LFP)
     t = 1.7e9
-    prev: tuple[float, float] | None = None
+    prev: tuple[float, float, float] | None = None
     for leap, vmax, vmin, temp, soc, allow_c, allow_d in steps:
         t += leap
         c, d = calc.update(t, vmax, vmin, temp, temp, soc, soc, allow_c, allow_d)
@@ -189,9 +189,10 @@ def test_calculator_never_rises_faster_than_the_rate_and_never_exceeds_the_targe
         assert 0.0 <= c <= min(target_c, LFP.rated_charge_current_a)
         assert 0.0 <= d <= min(target_d, LFP.rated_discharge_current_a)
         if prev is not None:
-            assert c - prev[0] <= LFP.recovery_rate_a_per_s * leap + 1e-9
-            assert d - prev[1] <= LFP.recovery_rate_a_per_s * leap + 1e-9
-        prev = (c, d)
+            elapsed = t - prev[2]  # the clock as the calculator sees it (floats at 1.7e9 s)
+            assert c - prev[0] <= LFP.recovery_rate_a_per_s * elapsed + 1e-9
+            assert d - prev[1] <= LFP.recovery_rate_a_per_s * elapsed + 1e-9
+        prev = (c, d, t)
 
 
 # ---------------------------------------------------------------------------------- the ramp

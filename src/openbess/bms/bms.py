@@ -18,7 +18,7 @@ from openbess.bms.contactor import ContactorInputs, ContactorMachine, ContactorO
 from openbess.bms.defaults import BmsParams
 from openbess.bms.estimator import SocEstimator, string_soc
 from openbess.bms.limits import LimitCalculator
-from openbess.bms.protection import Protection, ProtectionInputs, ProtectionResult
+from openbess.bms.protection import EventKind, Protection, ProtectionInputs, ProtectionResult
 from openbess.cell.ecm import CellModel
 from openbess.cell.params import CellParams
 from openbess.contract import (
@@ -112,12 +112,16 @@ class BatteryManagementSystem:
         self.limits = LimitCalculator(setup.params.limits)
         self.contactor = ContactorMachine(setup.params.contactor)
         self.events: list[BmsEvent] = []
+        #: Alarms raised (or escalated) so far, by code.
+        self.alarm_counts: dict[str, int] = {}
         self.balancing: BoolArray = np.zeros(setup.n_cells, dtype=bool)
         self.last_time_s: float | None = None
         self.result: ProtectionResult | None = None
         self.contactor_out: ContactorOutput | None = None
         self.failed_at_s: float | None = None
         self.cell_soc: FloatArray = np.full(setup.n_cells, np.nan)
+        #: Temperature the BMS attributes to each cell (its module's sensors) [degC].
+        self.cell_temperature_degc: FloatArray = np.full(setup.n_cells, np.nan)
         mid = setup.cell.soc_grid.size // 2
         j = int(np.argmin(np.abs(setup.cell.temperature_grid_degc - 25.0)))
         self._r_cell_ohm = float(setup.cell.r0_ohm[j, mid] + setup.cell.rc_r_ohm[:, j, mid].sum())
@@ -187,6 +191,7 @@ class BatteryManagementSystem:
             v_min = v_max = v_avg = math.nan
         sum_v = float(v.sum()) if n_bad_v == 0 else math.nan
         cell_t, t_min, t_max, t_avg = self._cell_temperatures(m)
+        self.cell_temperature_degc = cell_t
         i_ok = m.string_current_valid
         current_valid = bool(np.all(i_ok))
         i_str = np.where(i_ok, m.string_current_a, 0.0)
@@ -218,10 +223,15 @@ class BatteryManagementSystem:
         self.result = result
         for ev in result.events:
             sev = ev.tier.severity if ev.tier is not None else "info"
-            self.events.append(BmsEvent(ev.time_s, "protection", ev.code, sev, ev.message))
+            self.events.append(
+                BmsEvent(ev.time_s, "protection", f"{ev.code}:{ev.kind.value}", sev, ev.message)
+            )
+            if ev.kind is EventKind.RAISED:
+                self.alarm_counts[ev.code] = self.alarm_counts.get(ev.code, 0) + 1
 
         # Current limits (derating), then contactors.
         estimated = self.estimator.initialised
+        was_closed = self.contactor.state is ContactorState.CLOSED
         chg_a, dis_a = self.limits.update(
             now_s,
             v_max,
@@ -230,8 +240,8 @@ class BatteryManagementSystem:
             t_max,
             float(soc_cells.max()) if estimated else math.nan,
             float(soc_cells.min()) if estimated else math.nan,
-            allow_charge=result.allow_charge and estimated,
-            allow_discharge=result.allow_discharge and estimated,
+            allow_charge=result.allow_charge and estimated and was_closed,
+            allow_discharge=result.allow_discharge and estimated and was_closed,
         )
         close_request = (
             not result.open_contactors and estimated and self.failed_at_s is None

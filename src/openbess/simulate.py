@@ -1,0 +1,429 @@
+"""Build a controller for a site and run it: fast-forward (``simulate``) or scaled real time (``run``).
+
+This is the composition root: site configuration -> twin (plant), BMS, EMS strategy, gate, run
+store -> :class:`~openbess.controller.Controller`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tqdm import tqdm
+
+from openbess.bms.bms import BatteryManagementSystem, BmsSetup
+from openbess.bms.defaults import default_params
+from openbess.cell.params import CellParams
+from openbess.clock import Clock, ScaledClock, SimClock
+from openbess.config import SiteConfig
+from openbess.contract import Command, GateDecision, Outcome, Telemetry
+from openbess.controller import Controller
+from openbess.ems.strategy import SelfConsumption, Strategy
+from openbess.gate import Gate
+from openbess.plant import Measurements, SiteMeasurements
+from openbess.storage import RunStore, pack_row
+from openbess.twin.pack import parallel_group_params
+from openbess.twin.site import SiteTwin
+
+log = logging.getLogger(__name__)
+
+
+class StoreRecorder:
+    """Log phase: writes each cycle (and the BMS's events) to a :class:`RunStore`.
+
+    Parameters
+    ----------
+    store : RunStore
+        The run database (a run must be started).
+    bms : BatteryManagementSystem
+        Source of per-cell estimates, balancing state and events.
+    """
+
+    def __init__(self, store: RunStore, bms: BatteryManagementSystem) -> None:
+        self.store = store
+        self.bms = bms
+
+    def record_cycle(
+        self,
+        telemetry: Telemetry,
+        site: SiteMeasurements,
+        measurements: Measurements,
+        command: Command | None,
+        decision: GateDecision,
+    ) -> None:
+        """Append the pack row, the cell snapshot (decimated) and pending BMS events."""
+        self.store.record_pack(pack_row(_with_decision(telemetry, decision), site))
+        per_cell_t = self.bms.cell_temperature_degc
+        self.store.record_cells(
+            telemetry.time_s,
+            measurements.cell_voltage_v,
+            per_cell_t,
+            self.bms.cell_soc,
+            self.bms.balancing,
+        )
+        for ev in self.bms.pop_events():
+            self.store.record_event(ev.time_s, ev.kind, ev.code, ev.severity, ev.message)
+
+    def record_event(
+        self,
+        time_s: float,
+        kind: str,
+        code: str,
+        severity: str,
+        message: str,
+        data: dict[str, object] | None = None,
+    ) -> None:
+        """Append one event."""
+        self.store.record_event(time_s, kind, code, severity, message, data)
+
+
+def _with_decision(t: Telemetry, decision: GateDecision) -> Telemetry:
+    # The row logs this cycle's decision (the Telemetry carries the previous one to the EMS).
+    from dataclasses import replace
+
+    return replace(t, gate=decision)
+
+
+def bms_cell_params(twin: SiteTwin) -> CellParams:
+    """Nominal parameters of one series cell (parallel group) as the BMS knows them."""
+    return parallel_group_params(twin.cell, twin.topology.cells_parallel)
+
+
+def build_bms(config: SiteConfig, twin: SiteTwin) -> BatteryManagementSystem:
+    """The BMS for a site (defaults of the cell's chemistry).
+
+    Parameters
+    ----------
+    config : SiteConfig
+        Site configuration.
+    twin : SiteTwin
+        The plant (for the topology; the BMS never reads its true state).
+
+    Returns
+    -------
+    BatteryManagementSystem
+        The BMS.
+    """
+    cell = bms_cell_params(twin)
+    topo = twin.topology
+    chem = "lfp" if cell.chemistry.upper().startswith("LFP") else "nmc"
+    params = default_params(chem, cell.capacity_ah * topo.n_strings)
+    b = config.battery
+    setup = BmsSetup(
+        cell=cell,
+        n_strings=topo.n_strings,
+        n_series=topo.n_series,
+        modules_per_string=topo.modules_per_string,
+        params=params,
+        max_charge_power_w=b.max_charge_power_w,
+        max_discharge_power_w=b.max_discharge_power_w,
+        charge_efficiency=b.charge_efficiency,
+        discharge_efficiency=b.discharge_efficiency,
+        balancing=config.bms.balancing,
+    )
+    return BatteryManagementSystem(setup)
+
+
+def build_strategy(config: SiteConfig) -> Strategy:
+    """The EMS strategy named in the site file.
+
+    Parameters
+    ----------
+    config : SiteConfig
+        Site configuration.
+
+    Returns
+    -------
+    Strategy
+        The strategy.
+    """
+    b, e = config.battery, config.ems
+    return SelfConsumption(
+        reserve_soc=e.reserve_soc,
+        soc_min=b.soc_min,
+        soc_max=b.soc_max,
+        max_charge_power_w=b.max_charge_power_w,
+        max_discharge_power_w=b.max_discharge_power_w,
+        validity_s=max(5.0 * e.dispatch_s, 3.0 * config.simulation.step_s),
+    )
+
+
+@dataclass
+class Site:
+    """A ready-to-run site: the twin, the BMS and the controller."""
+
+    config: SiteConfig
+    twin: SiteTwin
+    bms: BatteryManagementSystem
+    controller: Controller
+    store: RunStore | None
+
+
+def build_site(
+    config: SiteConfig,
+    start_s: float,
+    step_s: float,
+    db_path: Path | None = None,
+) -> Site:
+    """Compose twin, BMS, strategy, gate and store into a controller.
+
+    Parameters
+    ----------
+    config : SiteConfig
+        Site configuration.
+    start_s : float
+        Start time [s, Unix UTC].
+    step_s : float
+        Cycle step [s].
+    db_path : pathlib.Path or None
+        Run database, or None for none.
+
+    Returns
+    -------
+    Site
+        The assembled site.
+    """
+    twin = SiteTwin(config, start_s, series_step_s=min(60.0, step_s))
+    bms = build_bms(config, twin)
+    strategy = build_strategy(config)
+    timeout = max(config.bms.gate_timeout_s, 2.0 * step_s)
+    gate = Gate(timeout_s=timeout)
+    store: RunStore | None = None
+    recorder: StoreRecorder | None = None
+    if db_path is not None:
+        decimation = max(1, round(config.storage.cell_decimation / step_s))
+        store = RunStore(db_path, cell_decimation=decimation)
+        store.start_run(config.name, config.model_dump(mode="json"), started_at_s=start_s)
+        recorder = StoreRecorder(store, bms)
+    controller = Controller(
+        plant=twin,
+        bms=bms,
+        strategy=strategy,
+        gate=gate,
+        recorder=recorder,
+        dispatch_s=max(config.ems.dispatch_s, step_s),
+        replan_s=config.ems.replan_s,
+        link_up=twin.link_up,
+    )
+    return Site(config, twin, bms, controller, store)
+
+
+def _start_s(config: SiteConfig, start: datetime | None) -> float:
+    dt = start if start is not None else config.simulation.start
+    if dt.tzinfo is None:
+        from zoneinfo import ZoneInfo
+
+        dt = dt.replace(tzinfo=ZoneInfo(config.timezone))
+    return dt.timestamp()
+
+
+def run_kpis(site: Site, soc_start: float, wall_s: float) -> dict[str, Any]:
+    """Key figures of a run.
+
+    Parameters
+    ----------
+    site : Site
+        The site after the run.
+    soc_start : float
+        True pack SoC at the start [fraction].
+    wall_s : float
+        Wall time of the run [s].
+
+    Returns
+    -------
+    dict
+        KPI name -> value (JSON-serialisable).
+    """
+    twin, bms, ctl = site.twin, site.bms, site.controller
+    k: dict[str, Any] = {
+        "site": site.config.name,
+        "simulated_days": twin.counters.duration_s / 86400.0,
+        "cycles": ctl.counters.cycles,
+        "wall_time_s": wall_s,
+    }
+    k.update(twin.energy_kpis())
+    usable_kwh = float(twin.pack.cell_capacity_ah.sum()) * twin.cell.nominal_voltage_v / 1000.0
+    k["equivalent_full_cycles"] = (
+        k["energy_discharged_ac_kwh"] / usable_kwh if usable_kwh > 0 else 0.0
+    )
+    k["soc_start"] = soc_start
+    k["soc_end"] = twin.pack.soc
+    k["soc_end_estimated"] = ctl.telemetry.soc if ctl.telemetry is not None else math.nan
+    k["soh_true"] = twin.pack.soh
+    k["soh_estimated"] = bms.estimator.soh
+    cell = twin.cell
+    k["cell_voltage_min_seen_v"] = twin.pack.voltage_min_seen_v
+    k["cell_voltage_max_seen_v"] = twin.pack.voltage_max_seen_v
+    k["cell_voltage_limit_min_v"] = cell.voltage_min_v
+    k["cell_voltage_limit_max_v"] = cell.voltage_max_v
+    k["cell_temperature_min_seen_degc"] = twin.cell_temperature_min_seen_degc
+    k["cell_temperature_max_seen_degc"] = twin.cell_temperature_max_seen_degc
+    k["cell_limits_respected"] = bool(
+        twin.pack.voltage_min_seen_v >= cell.voltage_min_v
+        and twin.pack.voltage_max_seen_v <= cell.voltage_max_v
+    )
+    k["alarms_raised"] = sum(bms.alarm_counts.values())
+    k["alarms_by_code"] = dict(bms.alarm_counts)
+    gate_counts = dict(ctl.gate.counts)
+    k["gate_accepted"] = gate_counts.get(Outcome.ACCEPTED.value, 0)
+    k["gate_clamped"] = gate_counts.get(Outcome.CLAMPED.value, 0)
+    k["gate_refused"] = gate_counts.get(Outcome.REFUSED.value, 0)
+    k["gate_dropped"] = gate_counts.get(Outcome.DROPPED.value, 0)
+    k["gate_safe_idle"] = gate_counts.get(Outcome.SAFE_IDLE.value, 0)
+    k["ems_errors"] = ctl.counters.ems_errors
+    k["bms_errors"] = ctl.counters.bms_errors
+    k["commands_lost"] = ctl.counters.commands_lost
+    return k
+
+
+def simulate(
+    config: SiteConfig,
+    days: float,
+    start: datetime | None = None,
+    step_s: float | None = None,
+    db_path: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fast-forward a site on the twin and return its KPIs.
+
+    Parameters
+    ----------
+    config : SiteConfig
+        Site configuration.
+    days : float
+        Simulated days (> 0).
+    start : datetime or None
+        Start (default: the site's ``simulation.start``).
+    step_s : float or None
+        Cycle step [s] (default: the site's ``simulation.step_s``).
+    db_path : pathlib.Path or None
+        Run database (None: no database).
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    dict
+        The KPIs (see :func:`run_kpis`).
+    """
+    if not days > 0:
+        raise ValueError(f"days must be > 0, got {days}")
+    step = float(step_s if step_s is not None else config.simulation.step_s)
+    start_s = _start_s(config, start)
+    site = build_site(config, start_s, step, db_path)
+    clock = SimClock(start_s)
+    soc_start = site.twin.pack.soc
+    n = int(round(days * 86400.0 / step))
+    wall0 = time.perf_counter()
+    bar = tqdm(total=n, disable=not progress, unit="cycle", mininterval=0.5, smoothing=0.1)
+    try:
+        chunk = max(1, n // 200)
+        for k in range(n + 1):
+            now = start_s + k * step
+            clock.wait_until(now)
+            site.controller.cycle(now)
+            if k % chunk == 0:
+                bar.update(chunk if k else 0)
+    finally:
+        bar.close()
+        wall = time.perf_counter() - wall0
+        kpis = run_kpis(site, soc_start, wall)
+        if site.store is not None:
+            site.store.record_kpis(
+                {k: float(v) for k, v in kpis.items() if isinstance(v, int | float)}
+            )
+            site.store.end_run(clock.now_s())
+            site.store.close()
+    return kpis
+
+
+def run_realtime(
+    config: SiteConfig,
+    speed: float = 1.0,
+    start: datetime | None = None,
+    db_path: Path | None = None,
+    duration_s: float | None = None,
+    clock: Clock | None = None,
+) -> dict[str, Any]:
+    """Run the site in (scaled) real time until interrupted or ``duration_s`` wall seconds.
+
+    At high speed the cycle step grows so that at most about 50 cycles run per wall second;
+    the BMS period never drops below ``bms.cycle_s``.
+
+    Parameters
+    ----------
+    config : SiteConfig
+        Site configuration.
+    speed : float
+        Simulated seconds per wall second.
+    start : datetime or None
+        Start (default: the site's ``simulation.start``).
+    db_path : pathlib.Path or None
+        Run database (default: the site's ``storage.path``).
+    duration_s : float or None
+        Wall seconds to run (None: until SIGINT/SIGTERM).
+    clock : Clock or None
+        Clock to use (default: a :class:`~openbess.clock.ScaledClock`).
+
+    Returns
+    -------
+    dict
+        The KPIs when the run stops.
+    """
+    start_s = _start_s(config, start)
+    step = max(config.bms.cycle_s, speed / 50.0)
+    if db_path is None:
+        db_path = Path(config.storage.path.format(site=config.name))
+    site = build_site(config, start_s, step, db_path)
+    clk = clock if clock is not None else ScaledClock(start_s, speed)
+    stop = {"flag": False}
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop["flag"] = True
+
+    old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    log.warning(
+        "running site '%s' at %gx real time, cycle %.3g s, logging to %s",
+        config.name, speed, step, db_path,
+    )
+    soc_start = site.twin.pack.soc
+    wall0 = time.monotonic()
+    now = start_s
+    last_report = wall0
+    try:
+        while not stop["flag"]:
+            lag = clk.wait_until(now)
+            if lag > step:
+                site.controller.counters.overruns += 1
+            tel = site.controller.cycle(now)
+            wall = time.monotonic()
+            if tel is not None and wall - last_report >= 5.0:
+                last_report = wall
+                log.warning(
+                    "%s SoC %.1f %% | battery %+.0f W | grid %+.0f W | %s %s | alarms %s",
+                    datetime.fromtimestamp(now).astimezone().isoformat(timespec="minutes"),
+                    100 * tel.soc, site.twin.battery_ac_w, site.twin.grid_w,
+                    tel.gate.outcome.value, tel.gate.reason.value,
+                    ",".join(tel.alarms) or "none",
+                )
+            if duration_s is not None and wall - wall0 >= duration_s:
+                break
+            now += step
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        kpis = run_kpis(site, soc_start, time.monotonic() - wall0)
+        if site.store is not None:
+            site.store.record_kpis(
+                {k: float(v) for k, v in kpis.items() if isinstance(v, int | float)}
+            )
+            site.store.end_run(now)
+            site.store.close()
+    return kpis
