@@ -23,8 +23,10 @@ LFP (``lfp_a123``):
      45 degC); time constants kept.
 NMC (``nmc_leaf``):
   1. OCV at 10, 25, 40 degC from the end of the 1 h rests of the HPPC tests (SoC from the full
-     point, counted with the 25 degC capacity); below the last rest the final 10 A discharge,
-     shifted by the IR drop measured at that rest. M = 0 (no charge-side OCV data).
+     point, counted with the 25 degC capacity); below the last rest (SoC ~0.06) the final 10 A
+     discharge, shifted by a relaxation offset blended from the one measured at the last rest
+     to the one that ends on the rested voltage after the 1C discharges to 3.0 V (30 min
+     rests, ``1C-Discharge-Bitrode-data.csv``). M = 0 (no charge-side OCV data).
   2. R0 and two RC pairs per temperature: :func:`fit_ecm_dynamic` on each whole HPPC test from
      the full point.
 
@@ -318,12 +320,27 @@ def read_leaf_hppc(source: Path, temperature_degc: float) -> CellLog:
     return leaf_from_full(raw)
 
 
+def leaf_empty_rest_voltage(source: Path) -> float:
+    """Mean voltage at the end of the 30 min rests after the 1C discharges to 3.0 V."""
+    lg = read_bitrode_csv(source / "cells/nissan_leaf/1C-Discharge-Bitrode-data.csv", 25.0)
+    ends = [
+        float(lg.voltage_v[b - 1])
+        for a, b, s in current_runs(lg.current_a, 0.05)
+        if s == 0 and a > 0 and lg.current_a[a - 1] > 0
+    ]
+    if not ends:
+        raise SystemExit("1C discharge file: no rest after a discharge")
+    return float(np.mean(ends))
+
+
 def fit_nmc(source: Path) -> tuple[CellParams, dict[str, float]]:
     """Fit the Nissan Leaf set; returns it and a few figures for the log."""
     logs = {t: read_leaf_hppc(source, t) for t in LEAF_HPPC}
     caps = {t: float(lg.discharged_ah()[-1]) for t, lg in logs.items()}
     capacity = caps[25.0]
     log.info("Leaf capacity to 3.0 V at 10 A from full: %s Ah", caps)
+    ocv_empty_v = leaf_empty_rest_voltage(source)
+    log.info("Leaf rested voltage after 1C discharges to 3.0 V: %.4f V", ocv_empty_v)
     grid = soc_grid(21)
     temps = np.array(sorted(logs))
     ocv = np.empty((temps.size, grid.size))
@@ -337,8 +354,13 @@ def fit_nmc(source: Path) -> tuple[CellParams, dict[str, float]]:
         a, b = [(a, b) for a, b, s in current_runs(lg.current_a, 0.05) if s == 1 and b - a > 50][
             -1
         ]
-        r_eff = (rests.voltage_v[-1] - rests.loaded_voltage_v[-1]) / rests.loaded_current_a[-1]
-        low = (z[a:b], lg.voltage_v[a:b] + lg.current_a[a:b] * r_eff)
+        # Below the last rest: the final 10 A discharge, shifted up by a relaxation offset
+        # blended from the one measured at the last rest to the one that puts the end of the
+        # discharge (SoC 0) on the rested voltage after the 1C discharges to 3.0 V.
+        shift_rest = rests.voltage_v[-1] - rests.loaded_voltage_v[-1]
+        shift_end = ocv_empty_v - lg.voltage_v[b - 1]
+        w = np.clip((z[a:b] - z[b - 1]) / max(z[a] - z[b - 1], 1e-9), 0.0, 1.0)
+        low = (z[a:b], lg.voltage_v[a:b] + w * shift_rest + (1.0 - w) * shift_end)
         ocv[j] = ocv_table_from_points(zp, vp, grid, low_end=low)
     ocv_fit = OcvFit(
         temperature_degc=temps,

@@ -76,14 +76,29 @@ def validate_config(site_file: str) -> None:
 
 @main.command()
 @click.option("--site", required=True, help="Built-in site (home, commercial) or a TOML file.")
-@click.option("--days", type=click.FloatRange(min=0.0, min_open=True), default=1.0,
-              show_default=True, help="Simulated days.")
+@click.option(
+    "--days",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Simulated days.",
+)
 @click.option("--start", default=None, help="Start date (ISO 8601); default: the site's.")
-@click.option("--step", "step_s", type=click.FloatRange(min=0.1, max=3600), default=None,
-              help="Cycle step [s]; default: the site's simulation.step_s.")
+@click.option(
+    "--step",
+    "step_s",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=None,
+    help="Cycle step [s]; default: the site's simulation.step_s.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the KPIs as one JSON object.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Directory for the run database (default: no database).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory for the run database (default: no database).",
+)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def simulate(
     site: str,
@@ -125,13 +140,28 @@ def _print_kpis(kpis: dict[str, Any]) -> None:
 
 @main.command()
 @click.option("--site", required=True, help="Built-in site (home, commercial) or a TOML file.")
-@click.option("--speed", type=click.FloatRange(min=0.0, min_open=True), default=1.0,
-              show_default=True, help="Simulated seconds per wall second (1440: a day a minute).")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Simulated seconds per wall second (1440: a day a minute).",
+)
 @click.option("--start", default=None, help="Start date (ISO 8601); default: the site's.")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
-              help="Run database (default: the site's storage.path).")
-@click.option("--duration", "duration_s", type=click.FloatRange(min=0.0, min_open=True),
-              default=None, help="Stop after this many wall seconds (default: run until Ctrl-C).")
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Run database (default: the site's storage.path).",
+)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Stop after this many wall seconds (default: run until Ctrl-C).",
+)
 def run(
     site: str, speed: float, start: str | None, db_path: str | None, duration_s: float | None
 ) -> None:

@@ -189,7 +189,10 @@ class Controller:
                 early = self.gate.submit(now_s, command)
                 if early is not None:
                     self._event(
-                        now_s, "gate", early.reason.value, "info",
+                        now_s,
+                        "gate",
+                        early.reason.value,
+                        "info",
                         f"command {early.seq} from {early.source} {early.outcome.value}",
                     )
         self.last_command = command
@@ -211,9 +214,7 @@ class Controller:
         start = self._first_cycle_s if self._first_cycle_s is not None else now_s
         return min(self.gate.command_age_s(now_s), now_s - start)
 
-    def _event(
-        self, now_s: float, kind: str, code: str, severity: str, message: str
-    ) -> None:
+    def _event(self, now_s: float, kind: str, code: str, severity: str, message: str) -> None:
         if self.recorder is None:
             return
         try:

@@ -1,4 +1,4 @@
-"""Build a controller for a site and run it: fast-forward (``simulate``) or scaled real time (``run``).
+"""Build a controller for a site and run it: fast-forward (simulate) or scaled real time (run).
 
 This is the composition root: site configuration -> twin (plant), BMS, EMS strategy, gate, run
 store -> :class:`~openbess.controller.Controller`.
@@ -320,7 +320,7 @@ def simulate(
     site = build_site(config, start_s, step, db_path)
     clock = SimClock(start_s)
     soc_start = site.twin.pack.soc
-    n = int(round(days * 86400.0 / step))
+    n = round(days * 86400.0 / step)
     wall0 = time.perf_counter()
     bar = tqdm(total=n, disable=not progress, unit="cycle", mininterval=0.5, smoothing=0.1)
     try:
@@ -391,7 +391,10 @@ def run_realtime(
     old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     log.warning(
         "running site '%s' at %gx real time, cycle %.3g s, logging to %s",
-        config.name, speed, step, db_path,
+        config.name,
+        speed,
+        step,
+        db_path,
     )
     soc_start = site.twin.pack.soc
     wall0 = time.monotonic()
@@ -409,8 +412,11 @@ def run_realtime(
                 log.warning(
                     "%s SoC %.1f %% | battery %+.0f W | grid %+.0f W | %s %s | alarms %s",
                     datetime.fromtimestamp(now).astimezone().isoformat(timespec="minutes"),
-                    100 * tel.soc, site.twin.battery_ac_w, site.twin.grid_w,
-                    tel.gate.outcome.value, tel.gate.reason.value,
+                    100 * tel.soc,
+                    site.twin.battery_ac_w,
+                    site.twin.grid_w,
+                    tel.gate.outcome.value,
+                    tel.gate.reason.value,
                     ",".join(tel.alarms) or "none",
                 )
             if duration_s is not None and wall - wall0 >= duration_s:

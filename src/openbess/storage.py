@@ -58,7 +58,6 @@ import weakref
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from enum import Enum
-from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -456,7 +455,7 @@ class RunStore:
         self._run_id: int | None = None
         self._accepting = False  # a run is open and the store is writable and not closed
         self._pack_buf: list[tuple[Any, ...]] = []
-        self._cell_buf: list[tuple[Any, ...]] = []
+        self._cell_buf: list[list[float]] = []
         self._event_buf: list[tuple[Any, ...]] = []
         self._kpi_buf: list[tuple[str, float | None]] = []
         self._cells_calls = 0
@@ -785,22 +784,27 @@ class RunStore:
             raise ValueError(f"record_cells: time_s must be finite, got {time_s!r}")
         v = _as_1d("voltage_v", voltage_v, None)
         n = v.shape[0]
-        none: list[None] = [None] * n
-        temp = (
-            none if temperature_degc is None else _tolist(temperature_degc, "temperature_degc", n)
+        # One float block, one row per cell; NaN binds as NULL (SQLite stores no NaN), and the
+        # INTEGER columns (cell_index, balancing) take 3.0 as 3.
+        block = np.empty((n, 6), dtype=np.float64)
+        block[:, 0] = t
+        block[:, 1] = np.arange(n)
+        block[:, 2] = v
+        block[:, 3] = (
+            np.nan if temperature_degc is None else _as_1d("temperature_degc", temperature_degc, n)
         )
-        s = none if soc is None else _tolist(soc, "soc", n)
+        block[:, 4] = np.nan if soc is None else _as_1d("soc", soc, n)
         if balancing is None:
-            bal: list[int] | list[None] = none
+            block[:, 5] = np.nan
         else:
             b = np.asarray(balancing)
             if b.shape != (n,):
                 raise ValueError(
                     f"record_cells: balancing has shape {b.shape}, expected ({n},) like voltage_v"
                 )
-            bal = b.astype(bool).astype(np.int64).tolist()
+            block[:, 5] = b.astype(bool)
         buf = self._cell_buf
-        buf.extend(zip(repeat(t, n), range(n), _nan_to_none(v), temp, s, bal, strict=True))
+        buf.extend(block.tolist())
         if _monotonic() >= self._flush_due or len(buf) >= self.max_buffer_rows:
             self.flush()
         return True
@@ -1237,16 +1241,3 @@ def _text(value: object) -> str:
     if isinstance(value, Enum):
         return str(value.value)
     return str(value)
-
-
-def _nan_to_none(arr: npt.NDArray[np.float64]) -> list[float | None]:
-    """Array to list with NaN as None (a NULL in SQLite)."""
-    values: list[float | None] = arr.tolist()
-    if np.isnan(arr).any():
-        values = [None if math.isnan(x) else x for x in arr.tolist()]
-    return values
-
-
-def _tolist(value: object, name: str, n: int) -> list[float | None]:
-    """Validate a per-cell array argument and return it as a list (NaN as None)."""
-    return _nan_to_none(_as_1d(name, value, n))

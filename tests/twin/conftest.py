@@ -7,6 +7,30 @@ import pytest
 
 from openbess.cell.params import CellParams, ThermalParams
 
+#: ``[ageing]`` table in the format of :mod:`openbess.cell.ageing` (round numbers, LFP-like).
+SYNTHETIC_AGEING: dict[str, float] = {
+    "cal_q_k": 0.0012,
+    "cal_q_z": 0.5,
+    "cal_q_ea_j_per_mol": 50000.0,
+    "cal_q_tref_degc": 25.0,
+    "cal_q_soc_center": 0.5,
+    "cal_q_soc_c0": 1.0,
+    "cal_q_soc_c1": 0.8,
+    "cal_r_k": 0.002,
+    "cal_r_z": 0.5,
+    "cal_r_ea_j_per_mol": 50000.0,
+    "cal_r_tref_degc": 25.0,
+    "cyc_q_k": 0.0002,
+    "cyc_q_z": 0.6,
+    "cyc_q_ea_j_per_mol": 30000.0,
+    "cyc_q_tref_degc": 25.0,
+    "cyc_r_k": 0.0003,
+    "cyc_r_z": 0.6,
+    "cyc_r_ea_j_per_mol": 30000.0,
+    "cyc_r_tref_degc": 25.0,
+    "cycle_deadband_soc": 0.02,
+}
+
 
 def synthetic_cell(capacity_ah: float = 2.0) -> CellParams:
     """An LFP-like cell with round numbers: 11 SoC points, 3 temperatures, 2 RC pairs."""
@@ -39,14 +63,7 @@ def synthetic_cell(capacity_ah: float = 2.0) -> CellParams:
             specific_heat_j_per_kg_k=1100.0,
             conductance_to_coolant_w_per_k=0.2,
         ),
-        ageing={
-            "calendar_k_per_sqrt_day": 0.0012,
-            "calendar_activation_energy_j_per_mol": 50000.0,
-            "calendar_soc_factor": 1.0,
-            "cycle_k_per_efc": 0.00008,
-            "cycle_activation_energy_j_per_mol": 30000.0,
-            "resistance_growth_per_capacity_fade": 1.5,
-        },
+        ageing=SYNTHETIC_AGEING,
     )
 
 

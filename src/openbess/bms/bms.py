@@ -125,9 +125,7 @@ class BatteryManagementSystem:
         mid = setup.cell.soc_grid.size // 2
         j = int(np.argmin(np.abs(setup.cell.temperature_grid_degc - 25.0)))
         self._r_cell_ohm = float(setup.cell.r0_ohm[j, mid] + setup.cell.rc_r_ohm[:, j, mid].sum())
-        self._nominal_wh = (
-            setup.cell.capacity_ah * setup.cell.nominal_voltage_v * setup.n_cells
-        )
+        self._nominal_wh = setup.cell.capacity_ah * setup.cell.nominal_voltage_v * setup.n_cells
 
     # ------------------------------------------------------------------ monitoring
     def _cell_temperatures(self, m: Measurements) -> tuple[FloatArray, float, float, float]:
@@ -243,9 +241,7 @@ class BatteryManagementSystem:
             allow_charge=result.allow_charge and estimated and was_closed,
             allow_discharge=result.allow_discharge and estimated and was_closed,
         )
-        close_request = (
-            not result.open_contactors and estimated and self.failed_at_s is None
-        )
+        close_request = not result.open_contactors and estimated and self.failed_at_s is None
         c_out = self.contactor.step(
             now_s,
             ContactorInputs(

@@ -10,8 +10,9 @@ divided, mass and cooling multiplied). Cells are numbered string by string, modu
 
 Physics per step (:meth:`Pack.step`), the pack current held constant over the step:
 
-1. the total current is split between strings by their Thevenin equivalents so the bus voltage
-   is common (the split sums to the total);
+1. the total current is split between strings so that their (linearised) voltages at the end
+   of the step are equal: an implicit split, stable for long steps (the split sums to the
+   total);
 2. every cell of every string advances in ONE vectorised call of :func:`openbess.cell.ecm.step`,
    with self-discharge, internal shorts and balancing bleed as the leak current;
 3. each cell's temperature follows a lumped model (exact exponential over the step) towards its
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from openbess.cell import ageing as ageing_mod
 from openbess.cell import ecm
 from openbess.cell.params import CellParams, ThermalParams
 
@@ -545,7 +547,8 @@ class PackStep:
     string_current_a : numpy.ndarray
         Current of each string [A], shape ``(n_strings,)``; sums to ``current_a``.
     bus_voltage_start_v : float
-        Common bus voltage at the start of the step with this current [V] (Thevenin solution).
+        Bus voltage at the start of the step with this current, ``E - R I`` from the pack's
+        instantaneous Thevenin equivalent :meth:`Pack.thevenin` [V].
     pack_voltage_v : float
         Bus voltage at the end of the step [V] (mean of the string voltages).
     string_voltage_v : numpy.ndarray
@@ -650,7 +653,8 @@ class AgeingModel(Protocol):
         self,
         duration_s: float,
         temperature_degc: FloatArray,
-        soc: FloatArray,
+        soc_mean: FloatArray,
+        soc_end: FloatArray,
         throughput_ah: FloatArray,
     ) -> tuple[FloatArray, FloatArray]:
         """Age every cell by one window; return the TOTAL ageing since beginning of life.
@@ -661,8 +665,10 @@ class AgeingModel(Protocol):
             Window length [s].
         temperature_degc : numpy.ndarray
             Time-mean cell temperature over the window [degC], shape ``(n_cells,)``.
-        soc : numpy.ndarray
+        soc_mean : numpy.ndarray
             Time-mean SoC over the window [fraction].
+        soc_end : numpy.ndarray
+            SoC at the end of the window [fraction].
         throughput_ah : numpy.ndarray
             Charge moved through each cell in the window [Ah] (discharge + charge).
 
@@ -674,80 +680,118 @@ class AgeingModel(Protocol):
         ...
 
 
-GAS_CONSTANT_J_PER_MOL_K = 8.314462618
-AGEING_REFERENCE_K = 298.15
-
-
-class SemiEmpiricalAgeing:
-    """Calendar (square-root of time) plus cycle (linear in throughput) capacity fade.
-
-    A stand-in built on the ``[ageing]`` coefficients of the cell file until
-    :mod:`openbess.cell.ageing` is wired in. Per cell::
-
-        calendar: q_cal = k_cal * A(T, Ea_cal) * exp(s * (SoC - 0.5)) * sqrt(t [days])
-        cycle:    dq_cyc = k_cyc * A(T, Ea_cyc) * dEFC,   EFC = Ah / (2 Q_bol)
-        resistance growth = g * (q_cal + q_cyc)
-
-    with the Arrhenius factor ``A = exp(-Ea / R (1/T - 1/298.15 K))``. The square-root law is
-    advanced with the equivalent-time method (the time that gives the present fade at the
-    window's stress), so varying conditions add up consistently.
-
-    Parameters
-    ----------
-    params : CellParams
-        Its ``ageing`` dict: ``calendar_k_per_sqrt_day``, ``calendar_activation_energy_j_per_mol``,
-        ``calendar_soc_factor``, ``cycle_k_per_efc``, ``cycle_activation_energy_j_per_mol``,
-        ``resistance_growth_per_capacity_fade`` (missing: 0, no ageing of that kind).
-    capacity_bol_ah : numpy.ndarray
-        Beginning-of-life capacity of each cell [Ah].
-    """
-
-    def __init__(self, params: CellParams, capacity_bol_ah: FloatArray) -> None:
-        a = params.ageing
-        self.k_cal = float(a.get("calendar_k_per_sqrt_day", 0.0))
-        self.ea_cal = float(a.get("calendar_activation_energy_j_per_mol", 0.0))
-        self.soc_factor = float(a.get("calendar_soc_factor", 0.0))
-        self.k_cyc = float(a.get("cycle_k_per_efc", 0.0))
-        self.ea_cyc = float(a.get("cycle_activation_energy_j_per_mol", 0.0))
-        self.growth_per_fade = float(a.get("resistance_growth_per_capacity_fade", 0.0))
-        self.capacity_bol_ah = np.asarray(capacity_bol_ah, dtype=np.float64)
-        n = self.capacity_bol_ah.size
-        #: Calendar and cycle fade since beginning of life [fraction].
-        self.calendar_fade: FloatArray = np.zeros(n)
-        self.cycle_fade: FloatArray = np.zeros(n)
-
-    @staticmethod
-    def _arrhenius(temperature_degc: FloatArray, ea_j_per_mol: float) -> FloatArray:
-        t_k = np.asarray(temperature_degc, dtype=np.float64) + 273.15
-        out: FloatArray = np.exp(
-            -ea_j_per_mol / GAS_CONSTANT_J_PER_MOL_K * (1.0 / t_k - 1.0 / AGEING_REFERENCE_K)
-        )
-        return out
+class NoAgeing:
+    """Cells that never age (for short runs and tests)."""
 
     def advance(
         self,
         duration_s: float,
         temperature_degc: FloatArray,
-        soc: FloatArray,
+        soc_mean: FloatArray,
+        soc_end: FloatArray,
+        throughput_ah: FloatArray,
+    ) -> tuple[FloatArray, FloatArray]:
+        """No fade, no growth (see :class:`AgeingModel`)."""
+        z = np.zeros(np.shape(soc_end))
+        return z, z.copy()
+
+
+class CellAgeing:
+    """Adapter from :mod:`openbess.cell.ageing` to the pack's windows.
+
+    Each window is one :func:`openbess.cell.ageing.update` call with the window's mean
+    temperature, the SoC at its end (the half-cycle detector follows the SoC path window by
+    window) and the mean absolute current (so the charge throughput is exact even when the
+    current reverses inside the window).
+
+    Parameters
+    ----------
+    params : openbess.cell.ageing.AgeingParams
+        Coefficients.
+    capacity_bol_ah : numpy.ndarray
+        Fresh capacity of each cell [Ah] (reference of C-rate and full equivalent cycles).
+    soc : numpy.ndarray
+        Initial SoC of each cell [fraction].
+    """
+
+    def __init__(
+        self, params: ageing_mod.AgeingParams, capacity_bol_ah: FloatArray, soc: FloatArray
+    ) -> None:
+        self.params = params
+        self.capacity_bol_ah = np.asarray(capacity_bol_ah, dtype=np.float64)
+        self.state = ageing_mod.AgeingState.new(np.asarray(soc, dtype=np.float64))
+
+    @classmethod
+    def from_cell(
+        cls, params: CellParams, capacity_bol_ah: FloatArray, soc: FloatArray
+    ) -> CellAgeing:
+        """Build from the ``[ageing]`` table of a parameter set.
+
+        Raises
+        ------
+        ConfigError
+            Naming the missing or invalid key of the table.
+        """
+        table = ageing_mod.ageing_params(params.ageing, f"cell '{params.name}' [ageing]")
+        return cls(table, capacity_bol_ah, soc)
+
+    def advance(
+        self,
+        duration_s: float,
+        temperature_degc: FloatArray,
+        soc_mean: FloatArray,
+        soc_end: FloatArray,
         throughput_ah: FloatArray,
     ) -> tuple[FloatArray, FloatArray]:
         """Age every cell by one window (see :class:`AgeingModel`)."""
-        if self.k_cal > 0:
-            stress = (
-                self.k_cal
-                * self._arrhenius(temperature_degc, self.ea_cal)
-                * np.exp(self.soc_factor * (np.asarray(soc) - 0.5))
-            )
-            t_eq_days = (self.calendar_fade / stress) ** 2
-            self.calendar_fade = stress * np.sqrt(t_eq_days + duration_s / SECONDS_PER_DAY)
-        if self.k_cyc > 0:
-            efc = np.asarray(throughput_ah) / (2.0 * self.capacity_bol_ah)
-            self.cycle_fade = (
-                self.cycle_fade + self.k_cyc * self._arrhenius(temperature_degc, self.ea_cyc) * efc
-            )
-        fade: FloatArray = self.calendar_fade + self.cycle_fade
-        growth: FloatArray = self.growth_per_fade * fade
+        mean_abs_current_a = np.asarray(throughput_ah) * 3600.0 / duration_s
+        self.state = ageing_mod.update(
+            self.state,
+            self.params,
+            duration_s,
+            soc_end,
+            temperature_degc,
+            mean_abs_current_a,
+            self.capacity_bol_ah,
+        )
+        fade: FloatArray = 1.0 - self.state.capacity_factor
+        growth: FloatArray = self.state.resistance_factor - 1.0
         return fade, growth
+
+    def close(self) -> tuple[FloatArray, FloatArray]:
+        """Book the open half-cycles (end of a run); return fade and growth [fraction]."""
+        self.state = ageing_mod.close_half_cycles(self.state, self.params, self.capacity_bol_ah)
+        fade: FloatArray = 1.0 - self.state.capacity_factor
+        growth: FloatArray = self.state.resistance_factor - 1.0
+        return fade, growth
+
+
+def default_ageing(params: CellParams, capacity_bol_ah: FloatArray, soc: FloatArray) -> AgeingModel:
+    """The pack's default ageing: :class:`CellAgeing` from ``params.ageing``; none if empty.
+
+    Parameters
+    ----------
+    params : CellParams
+        Parameter set (its ``ageing`` table).
+    capacity_bol_ah : numpy.ndarray
+        Fresh capacity of each cell [Ah].
+    soc : numpy.ndarray
+        Initial SoC [fraction].
+
+    Returns
+    -------
+    AgeingModel
+        The model.
+
+    Raises
+    ------
+    ConfigError
+        The table is present but invalid (names the key).
+    """
+    if not params.ageing:
+        logger.info("cell '%s' has no [ageing] table: the pack will not age", params.name)
+        return NoAgeing()
+    return CellAgeing.from_cell(params, capacity_bol_ah, soc)
 
 
 class _MemoCellModel(ecm.CellModel):
@@ -819,7 +863,8 @@ class Pack:
     initial_temperature_degc : float, optional
         Initial cell temperature [degC].
     ageing : AgeingModel, optional
-        Ageing model; default :class:`SemiEmpiricalAgeing` from ``params.ageing``.
+        Ageing model; default :func:`default_ageing` (``openbess.cell.ageing`` with the
+        ``[ageing]`` table of ``params``; no ageing if the table is empty).
     """
 
     def __init__(
@@ -917,7 +962,15 @@ class Pack:
         self._v_max_seen: FloatArray = e.copy()
         self._string_current_a: FloatArray = np.zeros(self._ns)
         self._current_a = 0.0
+        self._tab_cache: FloatArray | None = None
         self._thev_cache: tuple[FloatArray, FloatArray] | None = None
+        ref = int(np.argmin(np.abs(self.group_params.temperature_grid_degc - 25.0)))
+        self._rc_tau_ref_s: FloatArray = self.group_params.rc_tau_s[:, ref]
+        self._n_soc_seg = self.group_params.soc_grid.size - 1
+        self._ocv_slope_ref: FloatArray = np.diff(self.model.ocv_ref_v) * self._n_soc_seg
+        self._rc_decay_dt = -1.0
+        self._rc_one_minus_decay: FloatArray = np.zeros((self.group_params.n_rc, 1))
+        self._slope_dt: FloatArray = np.zeros(self._n_soc_seg)
         self._string_thev_cache: tuple[FloatArray, FloatArray] | None = None
         self._thermal_key: tuple[float, int] | None = None
 
@@ -941,7 +994,7 @@ class Pack:
         self.ageing: AgeingModel = (
             ageing
             if ageing is not None
-            else SemiEmpiricalAgeing(self.group_params, self.capacity_bol_ah)
+            else default_ageing(self.group_params, self.capacity_bol_ah, self.state.soc)
         )
 
     # ---------------------------------------------------------------- true state (read only)
@@ -1049,20 +1102,74 @@ class Pack:
         return float(self.model.stored_energy_j(self.state.soc, self._capacity_ah).sum())
 
     # ---------------------------------------------------------------- electrical equivalents
+    def set_cell_soc(self, soc: FloatArray | float) -> None:
+        """Overwrite the true SoC of the cells (test and scenario set-up).
+
+        The chemical-energy change is booked into ``stored_start_j`` so the energy balance
+        keeps closing; RC and hysteresis states are kept.
+
+        Parameters
+        ----------
+        soc : numpy.ndarray or float
+            New SoC [fraction], scalar or shape ``(n_cells,)``; clipped to [0, 1].
+        """
+        new = np.clip(np.broadcast_to(np.asarray(soc, dtype=np.float64), (self._n,)), 0.0, 1.0)
+        before = self.model.stored_energy_j(self.state.soc, self._capacity_ah)
+        after = self.model.stored_energy_j(new, self._capacity_ah)
+        self._stored_start_j = self._stored_start_j + (after - before)
+        self.state.soc = new.copy()
+        self.invalidate()
+
     def invalidate(self) -> None:
         """Drop cached lookups; call after changing ``state`` or temperatures in place."""
+        self._tab_cache = None
         self._thev_cache = None
         self._string_thev_cache = None
         self.model.forget()
 
+    def _cell_tables(self) -> FloatArray:
+        if self._tab_cache is None:
+            # The lookup is remembered for the start of the next ECM step (same state).
+            self.model.record_next()
+            self._tab_cache = self.model.tables(self.state.soc, self._temperature_degc)
+        return self._tab_cache
+
     def _cell_thevenin(self) -> tuple[FloatArray, FloatArray]:
         if self._thev_cache is None:
-            # The table lookup is remembered for the start of the next ECM step (same state).
-            self.model.record_next()
-            self._thev_cache = self.model.thevenin(
-                self.state, self._temperature_degc, self._r_scale
-            )
+            # As CellModel.thevenin, from the shared lookup.
+            tab = self._cell_tables()
+            e = tab[0] + tab[1] * self.state.hysteresis - self.state.v_rc.sum(axis=0)
+            self._thev_cache = (e, tab[2] * self._r_scale)
         return self._thev_cache
+
+    def _string_step_thevenin(self, dt_s: float) -> tuple[FloatArray, FloatArray]:
+        """String equivalents for the END of a step of ``dt_s`` at constant current.
+
+        Linearised end-of-step voltage of each cell, ``v1 = e1 - r1 i`` with the RC pairs
+        relaxing over the step (``decay_k = exp(-dt / tau_k)``, reference temperature) and
+        the OCV moving along its slope with the charge ``i dt``::
+
+            e1 = e + sum_k v_k (1 - decay_k)
+            r1 = r0 + sum_k R_k (1 - decay_k) + (dOCV/dSoC) dt / (3600 Q)
+
+        Sharing the current with these makes the split implicit (backward Euler): stable for
+        any step, where the instantaneous equivalents would make strings at different SoC
+        pump ever larger currents into each other over long steps.
+        """
+        tab = self._cell_tables()
+        e, r = self._cell_thevenin()
+        if self._rc_decay_dt != dt_s:
+            self._rc_decay_dt = dt_s
+            self._rc_one_minus_decay = -np.expm1(-dt_s / self._rc_tau_ref_s)[:, None]
+            self._slope_dt = self._ocv_slope_ref * (dt_s / 3600.0)
+        om = self._rc_one_minus_decay
+        e1 = e + (self.state.v_rc * om).sum(axis=0)
+        seg = np.minimum((self.state.soc * self._n_soc_seg).astype(np.intp), self._n_soc_seg - 1)
+        r_ocv = self._slope_dt[seg] / self._capacity_ah
+        r1 = r + (tab[3:] * om).sum(axis=0) * self._r_scale + r_ocv
+        e_s: FloatArray = e1.reshape(self._ns, self._nser).sum(axis=1)
+        r_s: FloatArray = r1.reshape(self._ns, self._nser).sum(axis=1)
+        return e_s, r_s
 
     def string_thevenin(self) -> tuple[FloatArray, FloatArray]:
         """Thevenin equivalent of each string now.
@@ -1191,13 +1298,13 @@ class Pack:
         n, ns, nser = self._n, self._ns, self._nser
 
         # 1. Current sharing between strings on the common bus.
+        e_pack, r_pack = self.thevenin()
+        bus_v = e_pack - r_pack * current_a
         if ns == 1:
             string_i = np.array([float(current_a)])
-            e, r = self._cell_thevenin()
-            bus_v = float(e.sum() - r.sum() * current_a)
         else:
-            e_s, r_s = self.string_thevenin()
-            string_i, bus_v = share_current(float(current_a), e_s, r_s)
+            e_s, r_s = self._string_step_thevenin(dt_s)
+            string_i, _ = share_current(float(current_a), e_s, r_s)
         cell_i = np.repeat(string_i, nser)
 
         # 2. Leakage: self-discharge, internal shorts, balancing bleed (at the start voltage).
@@ -1308,8 +1415,17 @@ class Pack:
         self._win_temp_ks[:] = 0.0
         self._win_soc_s[:] = 0.0
         self._win_string_as[:] = 0.0
-        fade, growth = self.ageing.advance(dt, mean_t, mean_soc, throughput_ah)
+        fade, growth = self.ageing.advance(dt, mean_t, mean_soc, self.state.soc, throughput_ah)
         self.set_ageing(fade, growth)
+
+    def close_ageing(self) -> None:
+        """Apply the open ageing window and book open half-cycles (call at the end of a run)."""
+        if self._win_elapsed_s > 0:
+            self._apply_ageing()
+        close = getattr(self.ageing, "close", None)
+        if close is not None:
+            fade, growth = close()
+            self.set_ageing(fade, growth)
 
     def set_ageing(self, capacity_fade: FloatArray, resistance_growth: FloatArray) -> None:
         """Set the ageing of every cell; the stored-energy change is booked as capacity fade.

@@ -94,9 +94,7 @@ def topology_for(config: SiteConfig, cell: CellParams) -> PackTopology:
 class _DailySeries:
     """Load, PV and prices sampled one day at a time on a fixed grid."""
 
-    def __init__(
-        self, pv: PvModel | None, load: LoadModel, tariff: Tariff, step_s: float
-    ) -> None:
+    def __init__(self, pv: PvModel | None, load: LoadModel, tariff: Tariff, step_s: float) -> None:
         self.pv = pv
         self.load = load
         self.tariff = tariff
@@ -240,8 +238,9 @@ class SiteTwin:
                 longitude_deg=config.longitude_deg,
                 altitude_m=config.altitude_m,
             )
-            source = "measured" if pv_cfg.source == "household" else "clearsky_index"
-            pv = PvModel(plant, source=source)
+            pv = PvModel(
+                plant, source="measured" if pv_cfg.source == "household" else "clearsky_index"
+            )
         self.load = self._load_model()
         g = config.grid
         self.tariff = Tariff.from_zone(
@@ -269,8 +268,10 @@ class SiteTwin:
         lc = self.config.load
         annual_wh = lc.annual_energy_kwh * 1000.0 if lc.annual_energy_kwh else None
         if lc.source == "household":
-            model = LoadModel.household() if annual_wh is None else LoadModel.household(
-                annual_energy_wh=annual_wh
+            model = (
+                LoadModel.household()
+                if annual_wh is None
+                else LoadModel.household(annual_energy_wh=annual_wh)
             )
         elif lc.source == "commercial":
             model = LoadModel.commercial(annual_wh if annual_wh is not None else 400e6)
