@@ -218,6 +218,26 @@ def test_mapping_rows_missing_columns_are_null_and_numpy_scalars_accepted(
         assert df[name].dtype == np.float64, name
 
 
+def test_large_batches_round_trip_in_order(tmp_path: Path) -> None:
+    # more rows than one multi-row INSERT holds, and a remainder
+    path = tmp_path / "run.sqlite"
+    rng = np.random.default_rng(3)
+    soc = rng.uniform(0.0, 1.0, 1000)
+    volts = rng.uniform(3.0, 3.4, (1000, 16))
+    with RunStore(path, cell_decimation=1, max_buffer_rows=700) as s:
+        run_id = s.start_run("home", {})
+        for k in range(1000):
+            s.record_pack((float(k), float(soc[k]), *([None] * 27), *([None] * 5)))
+            s.record_cells(float(k), volts[k])
+        pack = s.read_pack(run_id)
+        cells = s.read_cells(run_id)
+    assert pack["time_s"].tolist() == [float(k) for k in range(1000)]
+    np.testing.assert_array_equal(pack["soc"].to_numpy(), soc)
+    assert len(cells) == 16_000
+    np.testing.assert_array_equal(cells["voltage_v"].to_numpy().reshape(1000, 16), volts)
+    assert cells["cell_index"].tolist() == list(range(16)) * 1000
+
+
 def test_time_window_is_half_open(store: RunStore) -> None:
     run_id = store.start_run("home", {})
     for k in range(10):

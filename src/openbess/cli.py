@@ -179,3 +179,7 @@ def run(
         )
     except OpenBessError as err:
         _fail(err)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,11 +16,14 @@ Who writes, and when
   holds ``max_buffer_rows`` rows. A writer thread would not help: the insert work holds the
   GIL, and a second thread that releases the GIL once per row (as ``sqlite3.executemany``
   does) is starved by a busy caller (the GIL convoy effect), so the backlog would only grow.
-- A small **watchdog thread** flushes buffered data when its deadline passes while the caller
-  is idle (a real-time loop sleeping between cycles, a stalled controller), so the bound above
-  holds even if no further ``record_*`` call comes. It also runs the WAL checkpoints (copying
-  committed pages into the main file, with its fsync) on its own connection with the GIL
-  released, so the calling thread never waits for a checkpoint's disk writes.
+- A small **watchdog thread** flushes buffered data when its deadline has passed by 0.1 s
+  while the caller is idle (a real-time loop sleeping between cycles, a stalled controller),
+  so the bound above (plus those 0.1 s) holds even if no further ``record_*`` call comes.
+  Rows go in as multi-row ``INSERT`` statements, so a flush releases and retakes the GIL once
+  per 256 rows, not once per row: the watchdog is not starved by a busy caller. It also
+  runs the WAL checkpoints (copying committed pages into the main file, with its fsync) on
+  its own connection with the GIL released, so the calling thread never waits for a
+  checkpoint's disk writes.
 - ``record_event`` and ``record_kpis`` bring the deadline forward to ``event_flush_s``
   (default 0.05 s) from now: events reach the file promptly, and a burst of events still costs
   at most ~20 commits per second.
@@ -58,6 +61,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from enum import Enum
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +154,8 @@ _REAL = (float, np.floating)
 _monotonic = time.monotonic
 _WAL_AUTOCHECKPOINT_PAGES = 10_000  # backstop only: ~40 MB of WAL
 _CHECKPOINT_ROWS = 5_000  # watchdog checkpoints after this many rows (~1.5 MB of WAL)...
+_CHUNK_ROWS = 256  # rows per multi-row INSERT statement
+_WATCHDOG_GRACE_S = 0.1  # the watchdog flushes only this long after the deadline [s]
 _CHECKPOINT_INTERVAL_S = 30.0  # ...or this long after the last one if anything was written
 
 _CELL_COLUMNS = ("time_s", "cell_index", "voltage_v", "temperature_degc", "soc", "balancing")
@@ -218,6 +224,27 @@ def _schema_sql() -> list[str]:
     PRIMARY KEY (run_id, name)
 )""",
     ]
+
+
+def _insert_sql(table: str, columns: Sequence[str], run_id: int, n_rows: int) -> str:
+    """``INSERT`` of ``n_rows`` rows of ``columns`` into ``table``, ``run_id`` inlined."""
+    row = f"({int(run_id)}, {', '.join('?' * len(columns))})"
+    return f"INSERT INTO {table} (run_id, {', '.join(columns)}) VALUES " + ", ".join([row] * n_rows)
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    one_sql: str,
+    chunk_sql: str,
+    chunk: int,
+    rows: Sequence[Sequence[object]],
+) -> None:
+    """Insert ``rows``: whole chunks through ``chunk_sql``, the rest one by one."""
+    full = len(rows) - len(rows) % chunk
+    for start in range(0, full, chunk):
+        conn.execute(chunk_sql, list(chain.from_iterable(rows[start : start + chunk])))
+    if full < len(rows):
+        conn.executemany(one_sql, rows[full:])
 
 
 def _json_default(value: object) -> object:
@@ -461,12 +488,16 @@ class RunStore:
         self._cells_calls = 0
         self._flush_due = time.monotonic() + self.flush_interval_s
         self._rows_since_checkpoint = 0
-        self._pack_sql = ""
-        self._cell_sql = ""
+        self._pack_sql = self._pack_chunk_sql = ""
+        self._cell_sql = self._cell_chunk_sql = ""
         self._event_sql = ""
         self._kpi_sql = ""
 
         self._conn = self._connect()
+        # Rows per multi-row INSERT: one statement (one GIL release) per chunk, not per row.
+        max_vars = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._pack_chunk = max(1, min(_CHUNK_ROWS, max_vars // _N_PACK))
+        self._cell_chunk = max(1, min(_CHUNK_ROWS, max_vars // len(_CELL_COLUMNS)))
         self._watchdog: threading.Thread | None = None
         if not read_only:
             self._watchdog = threading.Thread(
@@ -614,13 +645,10 @@ class RunStore:
                 raise StorageError(f"{self.path}: run insert returned no id")
             self._run_id = int(run_id)
             rid = self._run_id
-            names = ", ".join(PACK_COLUMNS)
-            marks = ", ".join("?" * _N_PACK)
-            self._pack_sql = f"INSERT INTO pack (run_id, {names}) VALUES ({rid}, {marks})"
-            self._cell_sql = (
-                f"INSERT INTO cells (run_id, {', '.join(_CELL_COLUMNS)}) "
-                f"VALUES ({rid}, ?, ?, ?, ?, ?, ?)"
-            )
+            self._pack_sql = _insert_sql("pack", PACK_COLUMNS, rid, 1)
+            self._pack_chunk_sql = _insert_sql("pack", PACK_COLUMNS, rid, self._pack_chunk)
+            self._cell_sql = _insert_sql("cells", _CELL_COLUMNS, rid, 1)
+            self._cell_chunk_sql = _insert_sql("cells", _CELL_COLUMNS, rid, self._cell_chunk)
             self._event_sql = (
                 "INSERT INTO events (run_id, time_s, kind, code, severity, message, data_json) "
                 f"VALUES ({rid}, ?, ?, ?, ?, ?, ?)"
@@ -925,9 +953,21 @@ class RunStore:
         try:
             conn.execute("BEGIN")
             if n_pack:
-                conn.executemany(self._pack_sql, self._pack_buf[:n_pack])
+                _insert(
+                    conn,
+                    self._pack_sql,
+                    self._pack_chunk_sql,
+                    self._pack_chunk,
+                    self._pack_buf[:n_pack],
+                )
             if n_cell:
-                conn.executemany(self._cell_sql, self._cell_buf[:n_cell])
+                _insert(
+                    conn,
+                    self._cell_sql,
+                    self._cell_chunk_sql,
+                    self._cell_chunk,
+                    self._cell_buf[:n_cell],
+                )
             if n_event:
                 conn.executemany(self._event_sql, self._event_buf[:n_event])
             if n_kpi:
@@ -963,6 +1003,7 @@ class RunStore:
         thread at commit time (``wal_autocheckpoint`` is only a backstop).
         """
         poll_s = self.flush_interval_s / 4.0
+        grace_s = min(_WATCHDOG_GRACE_S, poll_s)
         last_checkpoint = _monotonic()
         checkpoint_conn: sqlite3.Connection | None = None
         if self.path != ":memory:":
@@ -973,7 +1014,9 @@ class RunStore:
         try:
             while not self._closed:
                 self._wake.clear()  # a set() from here on ends the wait below at once
-                if self._flush_due <= _monotonic() and self._pending():
+                # The grace lets a busy caller flush first: the watchdog only writes what an
+                # idle caller left behind (two threads flushing in turn would fight for the GIL).
+                if self._flush_due + grace_s <= _monotonic() and self._pending():
                     try:
                         self.flush()
                     except StorageError as exc:  # kept and retried at the next deadline
@@ -991,7 +1034,7 @@ class RunStore:
                         checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     except sqlite3.Error as exc:
                         logger.debug("%s: checkpoint skipped (%s)", self.path, exc)
-                wait_s = self._flush_due - _monotonic()
+                wait_s = self._flush_due + grace_s - _monotonic()
                 self._wake.wait(min(wait_s, poll_s) if wait_s > 0.0 else poll_s)
         finally:
             if checkpoint_conn is not None:
