@@ -351,9 +351,7 @@ def fit_nmc(source: Path) -> tuple[CellParams, dict[str, float]]:
         zp = np.concatenate(([1.0], rests.soc))
         vp = np.concatenate(([lg.voltage_v[first_rest_end]], rests.voltage_v))
         z = soc_trajectory(lg, capacity, 1.0)
-        a, b = [(a, b) for a, b, s in current_runs(lg.current_a, 0.05) if s == 1 and b - a > 50][
-            -1
-        ]
+        a, b = [(a, b) for a, b, s in current_runs(lg.current_a, 0.05) if s == 1 and b - a > 50][-1]
         # Below the last rest: the final 10 A discharge, shifted up by a relaxation offset
         # blended from the one measured at the last rest to the one that puts the end of the
         # discharge (SoC 0) on the rested voltage after the 1C discharges to 3.0 V.

@@ -344,6 +344,17 @@ def test_end_run_and_pack_row_without_site(store: RunStore) -> None:
     assert len(df) == 1
     assert df[["grid_power_w", "pv_power_w", "load_power_w"]].isna().all().all()
     assert df["soh"].iloc[0] == 0.97
+    # the gate override logs another decision without copying the Telemetry
+    refused = GateDecision(Outcome.REFUSED, Reason.CONTACTOR_OPEN, 43, 2000.0, 0.0, "modbus")
+    second = store.start_run("home", {})
+    store.record_pack(pack_row(_telemetry(T0_S), gate=refused))
+    row = store.read_pack(second).iloc[0]
+    assert (row["gate_outcome"], row["gate_reason"], row["gate_source"]) == (
+        "refused",
+        "contactor_open",
+        "modbus",
+    )
+    assert (row["gate_seq"], row["gate_requested_w"], row["gate_granted_w"]) == (43, 2000.0, 0.0)
 
 
 def test_unknown_run_id_is_named(store: RunStore) -> None:

@@ -167,7 +167,7 @@ class StorageConfig(_Model):
     """Run database."""
 
     path: str = "runs/{site}.sqlite"
-    cell_decimation: int = Field(60, ge=1)
+    cell_log_interval_s: float = Field(300.0, gt=0, le=86400)
 
 
 class SiteConfig(_Model):

@@ -59,7 +59,7 @@ class StoreRecorder:
         decision: GateDecision,
     ) -> None:
         """Append the pack row, the cell snapshot (decimated) and pending BMS events."""
-        self.store.record_pack(pack_row(_with_decision(telemetry, decision), site))
+        self.store.record_pack(pack_row(telemetry, site, gate=decision))
         per_cell_t = self.bms.cell_temperature_degc
         self.store.record_cells(
             telemetry.time_s,
@@ -82,13 +82,6 @@ class StoreRecorder:
     ) -> None:
         """Append one event."""
         self.store.record_event(time_s, kind, code, severity, message, data)
-
-
-def _with_decision(t: Telemetry, decision: GateDecision) -> Telemetry:
-    # The row logs this cycle's decision (the Telemetry carries the previous one to the EMS).
-    from dataclasses import replace
-
-    return replace(t, gate=decision)
 
 
 def bms_cell_params(twin: SiteTwin) -> CellParams:
@@ -198,7 +191,7 @@ def build_site(
     store: RunStore | None = None
     recorder: StoreRecorder | None = None
     if db_path is not None:
-        decimation = max(1, round(config.storage.cell_decimation / step_s))
+        decimation = max(1, round(config.storage.cell_log_interval_s / step_s))
         store = RunStore(db_path, cell_decimation=decimation)
         store.start_run(config.name, config.model_dump(mode="json"), started_at_s=start_s)
         recorder = StoreRecorder(store, bms)

@@ -13,9 +13,9 @@ Who writes, and when
 --------------------
 - The **calling thread** writes: each ``record_pack`` / ``record_cells`` call checks the wall
   clock (``time.monotonic``, ~70 ns) and flushes when the flush deadline has passed or a buffer
-  holds ``max_buffer_rows`` rows. A writer thread would not help: the insert work holds the
-  GIL, and a second thread that releases the GIL once per row (as ``sqlite3.executemany``
-  does) is starved by a busy caller (the GIL convoy effect), so the backlog would only grow.
+  holds ``max_buffer_rows`` rows. A writer thread would not help (measured): binding the
+  rows holds the GIL, so a busy caller loses the same time to it, and a writer releasing the
+  GIL once per row (as ``sqlite3.executemany`` does) is starved (the GIL convoy effect).
 - A small **watchdog thread** flushes buffered data when its deadline has passed by 0.1 s
   while the caller is idle (a real-time loop sleeping between cycles, a stalled controller),
   so the bound above (plus those 0.1 s) holds even if no further ``record_*`` call comes.
@@ -69,7 +69,14 @@ import numpy as np
 import numpy.typing as npt
 
 from openbess import __version__
-from openbess.contract import CONTRACT_VERSION, ContactorState, Outcome, Reason, Telemetry
+from openbess.contract import (
+    CONTRACT_VERSION,
+    ContactorState,
+    GateDecision,
+    Outcome,
+    Reason,
+    Telemetry,
+)
 from openbess.errors import StorageError
 from openbess.plant import SiteMeasurements
 
@@ -320,7 +327,10 @@ def _coerce_pack_row(row: tuple[object, ...]) -> tuple[object, ...]:
 
 
 def pack_row(
-    telemetry: Telemetry, site: SiteMeasurements | None = None
+    telemetry: Telemetry,
+    site: SiteMeasurements | None = None,
+    *,
+    gate: GateDecision | None = None,
 ) -> tuple[float | int | str | None, ...]:
     """Flatten one cycle's Telemetry (and site meters) into a pack row tuple.
 
@@ -330,6 +340,9 @@ def pack_row(
         The BMS telemetry of the cycle; its ``time_s`` is the row time [s, Unix UTC].
     site : openbess.plant.SiteMeasurements or None
         The site meter readings of the cycle; ``None`` leaves the site columns NULL.
+    gate : openbess.contract.GateDecision or None
+        Gate decision to log instead of ``telemetry.gate`` (e.g. this cycle's decision when
+        the Telemetry carries the previous one), without copying the Telemetry.
 
     Returns
     -------
@@ -338,7 +351,7 @@ def pack_row(
         as their string values, alarms joined with :data:`ALARM_SEPARATOR`).
     """
     t = telemetry
-    g = t.gate
+    g = t.gate if gate is None else gate
     if site is None:
         s: tuple[float | None, ...] = (None, None, None, None, None, None)
     else:

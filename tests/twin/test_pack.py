@@ -488,3 +488,35 @@ def test_fitted_cells_run_a_day_and_age(name: str) -> None:
     assert 0.0 < 1.0 - pack.soh < 0.01
     assert np.all(pack.cell_resistance_scale >= pack.cell_spread.resistance_factor)
     assert pack.voltage_min_seen_v > params.voltage_min_v
+
+
+def test_held_ecm_temperature_changes_little(cell: CellParams) -> None:
+    exact = make_pack(cell, ecm_temperature_tolerance_k=0.0)
+    held = make_pack(cell, ecm_temperature_tolerance_k=0.05)
+    for k in range(300):
+        current = 8.0 if (k // 50) % 2 == 0 else -8.0
+        exact.step(current, 10.0)
+        held.step(current, 10.0)
+    assert exact.cell_temperature_degc.max() > 21.0  # it did heat up: the tables moved
+    np.testing.assert_allclose(held.cell_voltage_v, exact.cell_voltage_v, atol=2e-4)
+    np.testing.assert_allclose(held.cell_temperature_degc, exact.cell_temperature_degc, atol=0.01)
+    np.testing.assert_allclose(held.cell_soc, exact.cell_soc, atol=3e-5)
+
+
+def test_thermal_interval_keeps_balances_and_tracks_temperatures(cell: CellParams) -> None:
+    every = make_pack(cell)
+    sub = make_pack(cell, thermal_interval_s=10.0)
+    for k in range(600):
+        current = 9.0 if (k // 100) % 2 == 0 else -9.0
+        every.step(current, 1.0)
+        sub.step(current, 1.0)
+    tb = sub.thermal_balance()
+    assert tb.pending_j == pytest.approx(0.0, abs=1e-9)  # 600 s: the last interval just closed
+    assert abs(tb.residual_j) < 1e-9 * (abs(tb.generated_j) + abs(tb.to_coolant_j))
+    sub.step(9.0, 1.0)
+    tb = sub.thermal_balance()
+    assert tb.pending_j > 0
+    assert abs(tb.residual_j) < 1e-9 * (abs(tb.generated_j) + abs(tb.to_coolant_j))
+    np.testing.assert_allclose(sub.cell_temperature_degc, every.cell_temperature_degc, atol=0.02)
+    eb = sub.energy_balance()
+    assert abs(eb.residual_j) / eb.throughput_j < 1e-9

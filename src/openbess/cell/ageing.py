@@ -90,7 +90,9 @@ class StressLaw:
         """Arrhenius factor [1] at the given temperature [degC]."""
         t = np.asarray(temperature_degc, dtype=np.float64) + _KELVIN
         out: FloatArray = np.exp(
-            -self.ea_j_per_mol / GAS_CONSTANT_J_PER_MOL_K * (1.0 / t - 1.0 / (self.tref_degc + _KELVIN))
+            -self.ea_j_per_mol
+            / GAS_CONSTANT_J_PER_MOL_K
+            * (1.0 / t - 1.0 / (self.tref_degc + _KELVIN))
         )
         return out
 
@@ -333,7 +335,9 @@ def cycle_fade(
     return out
 
 
-def advance_power_law(value: FloatArray, rate: FloatArray, z: float, age_step: FloatArray) -> FloatArray:
+def advance_power_law(
+    value: FloatArray, rate: FloatArray, z: float, age_step: FloatArray | float
+) -> FloatArray:
     """Advance ``x = rate * age ** z`` by ``age_step`` from the present value (virtual age).
 
     Parameters
@@ -543,8 +547,14 @@ def update(
     if np.any(reverse):
         depth = np.abs(state.soc_extreme - state.soc_start)
         q_cyc, r_cyc = _book(
-            state, params, reverse, state.half_ah, state.half_duration_s, state.half_temp_ah,
-            depth, cap,
+            state,
+            params,
+            reverse,
+            state.half_ah,
+            state.half_duration_s,
+            state.half_temp_ah,
+            depth,
+            cap,
         )
         # The new half-cycle starts at the old extreme with the tail and this step in it.
         half_ah = np.where(reverse, state.tail_ah + ah, half_ah)

@@ -182,7 +182,8 @@ class CellModel:
         """
         soc = np.atleast_1d(np.asarray(soc, dtype=np.float64))
         temp = np.broadcast_to(np.asarray(temperature_degc, dtype=np.float64), soc.shape)
-        return self.tables(soc, temp)[0]
+        out: FloatArray = self.tables(soc, temp)[0]
+        return out
 
     def rc_tau(self, temperature_degc: FloatArray) -> FloatArray:
         """RC time constants [s] at each cell temperature, shape ``(nrc, N)``.
@@ -358,8 +359,10 @@ def step(
     chem_out_j = (e0 - e_mid) / eta
     leak_j = e_mid - e1
 
-    # Reversible (entropic) term: OCV at T differs from the reference OCV.
-    ocv_ref = np.interp(0.5 * (soc0 + soc_mid), model.params.soc_grid, model.ocv_ref_v)
+    # Reversible (entropic) term: OCV at T differs from the reference OCV. Both OCVs are taken
+    # at the same SoC (the start of the step, where ``ocv_t`` was looked up), so the term is
+    # exactly zero at the reference temperature whatever the step length.
+    ocv_ref = np.interp(soc0, model.params.soc_grid, model.ocv_ref_v)
     entropic_j = (ocv_t - ocv_ref) * i * dt_s
 
     # RC pairs, exact zero-order hold; energy = int v_k * i dt.

@@ -84,9 +84,7 @@ def monotone_ocv(ocv_v: FloatArray, min_slope_v: float = 1e-6) -> FloatArray:
 # -- segment helpers -----------------------------------------------------------------------
 
 
-def current_runs(
-    current_a: FloatArray, threshold_a: float
-) -> list[tuple[int, int, int]]:
+def current_runs(current_a: FloatArray, threshold_a: float) -> list[tuple[int, int, int]]:
     """Split a current trace into runs of constant sign.
 
     Parameters
@@ -120,8 +118,7 @@ def _longest_run(cell_log: CellLog, sign: int, threshold_a: float) -> tuple[int,
         kind = "discharge" if sign > 0 else "charge"
         raise EstimationError(f"{cell_log.source}: no {kind} segment found")
     _, a, b = max(runs)
-    t = cell_log.time_s
-    return a, b if t[b - 1] > t[a] else b
+    return a, b
 
 
 # -- OCV from slow discharge / charge (Plett) -----------------------------------------------
@@ -632,8 +629,6 @@ def _hysteresis_path(x: FloatArray, target: FloatArray, h0: float) -> FloatArray
 class _Regression:
     dt: FloatArray
     i: FloatArray
-    z: FloatArray
-    z_prev: FloatArray
     y: FloatArray  # measured voltage minus OCV
     m_table: FloatArray  # M(z_n)
     basis_now: FloatArray  # phi(z_n), (n, K)
@@ -810,8 +805,6 @@ def fit_ecm_dynamic(
     reg = _Regression(
         dt=dt,
         i=i,
-        z=z_now,
-        z_prev=z_prev,
         y=cell_log.voltage_v[1:] - tab[0],
         m_table=tab[1],
         basis_now=basis_now,
@@ -874,8 +867,12 @@ def fit_ecm_dynamic(
     design = _design(reg, taus, gamma)
     coef, _ = _solve(reg, design, fit_h, lower)
     model_v = tab[0] + design @ coef
-    resid = np.concatenate(([cell_log.voltage_v[0] - _v0(model, soc0, temp, hysteresis0)],
-                            cell_log.voltage_v[1:] - model_v))
+    resid = np.concatenate(
+        (
+            [cell_log.voltage_v[0] - _v0(model, soc0, temp, hysteresis0)],
+            cell_log.voltage_v[1:] - model_v,
+        )
+    )
     knots_vals = coef[: kk * (1 + n_rc)].reshape(1 + n_rc, kk)
     if tied:
         tables = np.repeat(knots_vals, grid.size, axis=1)
@@ -1005,9 +1002,7 @@ def simulate_log(
             v[k] = v[k - 1]
             z[k] = state.soc[0]
             continue
-        res = step(
-            model, state, np.array([cur[k]]), dt, np.array([tt[k]]), params.capacity_ah
-        )
+        res = step(model, state, np.array([cur[k]]), dt, np.array([tt[k]]), params.capacity_ah)
         v[k] = res.voltage_v[0]
         z[k] = state.soc[0]
     err = cell_log.voltage_v - v

@@ -180,7 +180,7 @@ def _open_text(path: Path) -> io.TextIOBase:
     try:
         if path.suffix == ".gz":
             return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-        return open(path, encoding="utf-8", newline="")  # noqa: SIM115
+        return open(path, encoding="utf-8", newline="")
     except OSError as err:
         raise DataError(f"{path}: cannot open: {err}") from err
 

@@ -168,7 +168,9 @@ class ThermalNetwork:
             raise ValueError("give n_cells when all arguments are scalars")
         self.n_cells = int(n)
         self.c = np.broadcast_to(np.asarray(heat_capacity_j_per_k, np.float64), (n,)).copy()
-        self.g = np.broadcast_to(np.asarray(conductance_to_coolant_w_per_k, np.float64), (n,)).copy()
+        self.g = np.broadcast_to(
+            np.asarray(conductance_to_coolant_w_per_k, np.float64), (n,)
+        ).copy()
         if np.any(self.c <= 0) or np.any(self.g < 0):
             raise ValueError("heat capacity must be > 0 and conductance >= 0")
         if neighbour_conductance_w_per_k is None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from openbess.contract import ContactorState
 from openbess.errors import SimulationError
+from openbess.twin.faults import FaultKind
 
 if TYPE_CHECKING:
     from openbess.twin.faults import FaultInjector
@@ -177,8 +178,6 @@ class Contactor:
             self._precharge_closed = False
 
     def _is_welded(self, time_s: float) -> bool:
-        from openbess.twin.faults import FaultKind
-
         return self.faults is not None and self.faults.is_active(
             FaultKind.WELDED_CONTACTOR, 0, time_s
         )

@@ -15,9 +15,10 @@ Physics per step (:meth:`Pack.step`), the pack current held constant over the st
    total);
 2. every cell of every string advances in ONE vectorised call of :func:`openbess.cell.ecm.step`,
    with self-discharge, internal shorts and balancing bleed as the leak current;
-3. each cell's temperature follows a lumped model (exact exponential over the step) towards its
-   coolant and the ambient; the coolant warms along the modules of a string (flow path) and
-   the middle cells of a module are cooled less than the edge cells, so gradients exist;
+3. each cell's temperature follows a lumped model (exact exponential over the step, or over
+   ``thermal_interval_s`` with the heat accumulated) towards its coolant and the ambient; the
+   coolant warms along the modules of a string (flow path) and the middle cells of a module are
+   cooled less than the edge cells, so gradients exist;
 4. energy terms are accumulated per cell, so :meth:`Pack.energy_balance` closes to rounding;
 5. every ``ageing_window_s`` of simulated time the ageing model (:mod:`openbess.cell.ageing`)
    is applied to the window's mean temperature, SoC and charge throughput; capacity fade and
@@ -37,6 +38,7 @@ import numpy.typing as npt
 from openbess.cell import ageing as ageing_mod
 from openbess.cell import ecm
 from openbess.cell.params import CellParams, ThermalParams
+from openbess.twin.faults import FaultKind
 
 if TYPE_CHECKING:
     from openbess.twin.faults import FaultInjector
@@ -625,7 +627,7 @@ class EnergyBalance:
 class ThermalBalance:
     """Heat accounting of the cells since the pack was built [J].
 
-    ``generated_j == to_coolant_j + to_ambient_j + sensible_change_j + residual_j``.
+    ``generated_j == to_coolant_j + to_ambient_j + sensible_change_j + pending_j + residual_j``.
 
     Parameters
     ----------
@@ -635,6 +637,8 @@ class ThermalBalance:
         Heat removed by the coolant and lost to the ambient [J].
     sensible_change_j : float
         Change of the cells' sensible heat ``sum C (T_now - T_start)`` [J].
+    pending_j : float
+        Heat released since the last thermal update (``thermal_interval_s > 0``) [J].
     residual_j : float
         Rounding residual [J].
     """
@@ -643,6 +647,7 @@ class ThermalBalance:
     to_coolant_j: float
     to_ambient_j: float
     sensible_change_j: float
+    pending_j: float
     residual_j: float
 
 
@@ -795,39 +800,55 @@ def default_ageing(params: CellParams, capacity_bol_ah: FloatArray, soc: FloatAr
 
 
 class _MemoCellModel(ecm.CellModel):
-    """CellModel that can hand one table lookup from ``thevenin`` to the next ``step``.
+    """CellModel that remembers its last lookups, keyed on the input arrays' identity.
 
-    The pack's Thevenin equivalent (needed by the converter and the string split) and the start
-    of :func:`openbess.cell.ecm.step` look the tables up at the same (SoC, temperature) arrays;
-    the lookup is the costliest part of a step, so it is done once. The memo is one-shot and
-    keyed on the identity of the input arrays (the pack replaces them every step and calls
-    :meth:`forget` whenever it changes them otherwise).
+    The table lookup is the costliest part of a step. The end-of-step lookup inside
+    :func:`openbess.cell.ecm.step`, the pack's Thevenin equivalent before the next step and the
+    start-of-step lookup of that step are all at the same (SoC, temperature) arrays as long as
+    the temperature handed to the ECM is not refreshed, so one lookup serves all three; the
+    temperature-only lookups (RC time constants, coulombic efficiency) are reused until the
+    temperature array is refreshed. The pack
+    never modifies these arrays in place (ecm.step replaces ``state.soc``), and calls
+    :meth:`forget` whenever it changes anything else.
     """
 
     def __init__(self, params: CellParams) -> None:
         super().__init__(params)
         self._memo: tuple[FloatArray, FloatArray, FloatArray] | None = None
-        self._record = False
-
-    def record_next(self) -> None:
-        """Remember the result of the next :meth:`tables` call."""
-        self._record = True
+        self._tau_memo: tuple[FloatArray, FloatArray] | None = None
+        self._eta_memo: tuple[FloatArray, FloatArray] | None = None
 
     def forget(self) -> None:
-        """Drop the remembered lookup."""
+        """Drop the remembered lookups."""
         self._memo = None
-        self._record = False
+        self._tau_memo = None
+        self._eta_memo = None
+
+    def rc_tau(self, temperature_degc: FloatArray) -> FloatArray:
+        """RC time constants (see :meth:`openbess.cell.ecm.CellModel.rc_tau`), remembered."""
+        memo = self._tau_memo
+        if memo is not None and memo[0] is temperature_degc:
+            return memo[1]
+        out = super().rc_tau(temperature_degc)
+        self._tau_memo = (temperature_degc, out)
+        return out
+
+    def coulombic_efficiency(self, temperature_degc: FloatArray) -> FloatArray:
+        """Charge efficiency (see :meth:`openbess.cell.ecm.CellModel.coulombic_efficiency`)."""
+        memo = self._eta_memo
+        if memo is not None and memo[0] is temperature_degc:
+            return memo[1]
+        out = super().coulombic_efficiency(temperature_degc)
+        self._eta_memo = (temperature_degc, out)
+        return out
 
     def tables(self, soc: FloatArray, temperature_degc: FloatArray) -> FloatArray:
         """Interpolate every table (see :meth:`openbess.cell.ecm.CellModel.tables`)."""
         memo = self._memo
         if memo is not None and memo[0] is soc and memo[1] is temperature_degc:
-            self._memo = None
             return memo[2]
         out = super().tables(soc, temperature_degc)
-        if self._record:
-            self._memo = (soc, temperature_degc, out)
-            self._record = False
+        self._memo = (soc, temperature_degc, out)
         return out
 
 
@@ -836,6 +857,9 @@ class _MemoCellModel(ecm.CellModel):
 # --------------------------------------------------------------------------------------------
 class Pack:
     """True physical state of the battery pack (the plant's cells).
+
+    ``pack.state`` (an :class:`openbess.cell.ecm.CellState`) is the true cell state; do not
+    modify its arrays in place (use :meth:`set_cell_soc`, or call :meth:`invalidate` after).
 
     Parameters
     ----------
@@ -865,6 +889,14 @@ class Pack:
     ageing : AgeingModel, optional
         Ageing model; default :func:`default_ageing` (``openbess.cell.ageing`` with the
         ``[ageing]`` table of ``params``; no ageing if the table is empty).
+    ecm_temperature_tolerance_k : float
+        The temperature used for the ECM's parameter tables follows the thermal state with this
+        tolerance [K] (0: every step); a held temperature lets one table lookup serve a whole
+        step. Heat, thermal balance, sensors and ageing always use the true temperature.
+    thermal_interval_s : float
+        Simulated time between thermal updates [s]; the heat of the steps in between is
+        accumulated and released evenly over the interval (exact and energy conserving; only
+        the time resolution of the temperatures drops). 0: every step.
     """
 
     def __init__(
@@ -882,6 +914,8 @@ class Pack:
         ageing_window_s: float = 60.0,
         initial_temperature_degc: float | None = None,
         ageing: AgeingModel | None = None,
+        ecm_temperature_tolerance_k: float = 0.05,
+        thermal_interval_s: float = 0.0,
     ) -> None:
         if not 0.0 <= initial_soc <= 1.0:
             raise ValueError(f"initial_soc must be in [0, 1], got {initial_soc!r}")
@@ -923,6 +957,13 @@ class Pack:
         t0 = ambient_degc if initial_temperature_degc is None else initial_temperature_degc
         self._temperature_degc: FloatArray = np.full(n, float(t0))
         self._temperature_start_degc = self._temperature_degc.copy()
+        # Temperature handed to the ECM tables: refreshed from the thermal state when it is
+        # more than ``ecm_temperature_tolerance_k`` away (keeps the table lookup shared).
+        self._ecm_temperature_degc: FloatArray = self._temperature_degc.copy()
+        self.ecm_temperature_tolerance_k = float(ecm_temperature_tolerance_k)
+        self.thermal_interval_s = float(thermal_interval_s)
+        self._heat_pending_j: FloatArray = np.zeros(n)
+        self._thermal_pending_s = 0.0
 
         # Thermal network.
         th = self.group_params.thermal
@@ -962,15 +1003,15 @@ class Pack:
         self._v_max_seen: FloatArray = e.copy()
         self._string_current_a: FloatArray = np.zeros(self._ns)
         self._current_a = 0.0
-        self._tab_cache: FloatArray | None = None
         self._thev_cache: tuple[FloatArray, FloatArray] | None = None
         ref = int(np.argmin(np.abs(self.group_params.temperature_grid_degc - 25.0)))
         self._rc_tau_ref_s: FloatArray = self.group_params.rc_tau_s[:, ref]
         self._n_soc_seg = self.group_params.soc_grid.size - 1
-        self._ocv_slope_ref: FloatArray = np.diff(self.model.ocv_ref_v) * self._n_soc_seg
+        slope = np.diff(self.model.ocv_ref_v) * self._n_soc_seg
+        self._ocv_slope_ref: FloatArray = np.append(slope, slope[-1])
         self._rc_decay_dt = -1.0
-        self._rc_one_minus_decay: FloatArray = np.zeros((self.group_params.n_rc, 1))
-        self._slope_dt: FloatArray = np.zeros(self._n_soc_seg)
+        self._rc_one_minus_decay: FloatArray = np.zeros(self.group_params.n_rc)
+        self._slope_dt: FloatArray = np.zeros(self._n_soc_seg + 1)
         self._string_thev_cache: tuple[FloatArray, FloatArray] | None = None
         self._thermal_key: tuple[float, int] | None = None
 
@@ -988,6 +1029,7 @@ class Pack:
 
         # Ageing window accumulators.
         self._win_elapsed_s = 0.0
+        self._win_sampled_s = 0.0  # time covered by the T and SoC integrals [s]
         self._win_temp_ks: FloatArray = np.zeros(n)  # int T dt [K s]
         self._win_soc_s: FloatArray = np.zeros(n)  # int SoC dt [s]
         self._win_string_as: FloatArray = np.zeros(self._ns)  # int |I| dt [A s]
@@ -1122,17 +1164,12 @@ class Pack:
 
     def invalidate(self) -> None:
         """Drop cached lookups; call after changing ``state`` or temperatures in place."""
-        self._tab_cache = None
         self._thev_cache = None
         self._string_thev_cache = None
         self.model.forget()
 
     def _cell_tables(self) -> FloatArray:
-        if self._tab_cache is None:
-            # The lookup is remembered for the start of the next ECM step (same state).
-            self.model.record_next()
-            self._tab_cache = self.model.tables(self.state.soc, self._temperature_degc)
-        return self._tab_cache
+        return self.model.tables(self.state.soc, self._ecm_temperature_degc)
 
     def _cell_thevenin(self) -> tuple[FloatArray, FloatArray]:
         if self._thev_cache is None:
@@ -1160,13 +1197,13 @@ class Pack:
         e, r = self._cell_thevenin()
         if self._rc_decay_dt != dt_s:
             self._rc_decay_dt = dt_s
-            self._rc_one_minus_decay = -np.expm1(-dt_s / self._rc_tau_ref_s)[:, None]
+            self._rc_one_minus_decay = -np.expm1(-dt_s / self._rc_tau_ref_s)
             self._slope_dt = self._ocv_slope_ref * (dt_s / 3600.0)
         om = self._rc_one_minus_decay
-        e1 = e + (self.state.v_rc * om).sum(axis=0)
-        seg = np.minimum((self.state.soc * self._n_soc_seg).astype(np.intp), self._n_soc_seg - 1)
+        e1 = e + om @ self.state.v_rc
+        seg = (self.state.soc * self._n_soc_seg).astype(np.intp)  # SoC 1 -> the padded slot
         r_ocv = self._slope_dt[seg] / self._capacity_ah
-        r1 = r + (tab[3:] * om).sum(axis=0) * self._r_scale + r_ocv
+        r1 = r + (om @ tab[3:]) * self._r_scale + r_ocv
         e_s: FloatArray = e1.reshape(self._ns, self._nser).sum(axis=1)
         r_s: FloatArray = r1.reshape(self._ns, self._nser).sum(axis=1)
         return e_s, r_s
@@ -1215,8 +1252,6 @@ class Pack:
         return self.ambient_degc if c is None else float(c)
 
     def _refresh_faults(self, time_s: float) -> None:
-        from openbess.twin.faults import FaultKind
-
         inj = self.faults
         if inj is None or len(inj) == 0:
             if self._fault_key:
@@ -1324,14 +1359,12 @@ class Pack:
             bleed_a = None
             leak_a = internal_a
 
-        temp0 = self._temperature_degc
-        soc0 = self.state.soc
-        if self._thev_cache is None:
-            self.model.forget()
+        ecm_temp = self._ecm_temperature_degc
         res = ecm.step(
-            self.model, self.state, cell_i, dt_s, temp0, self._capacity_ah, self._r_scale, leak_a
+            self.model, self.state, cell_i, dt_s, ecm_temp, self._capacity_ah, self._r_scale, leak_a
         )
-        self.invalidate()
+        self._thev_cache = None
+        self._string_thev_cache = None
 
         # Split the leak energy between the bleed resistors and the cells (proportional to the
         # currents: the leak draws energy linearly in its current).
@@ -1344,36 +1377,22 @@ class Pack:
             bleed_j = None
             sd_j = res.leak_energy_j
 
-        # 3. Thermal: coolant along the flow path (from the start temperatures), then cells.
-        inlet = self._coolant_inlet_degc()
-        m_per_s = self.topology.modules_per_string
-        gt = (self._g_coolant * temp0).reshape(ns, m_per_s, -1).sum(axis=2)
-        t_module = gt / self._ua_module_safe
-        self._coolant_module_degc = (
-            np.matmul(self._coolant_matrix, t_module[:, :, None])[:, :, 0]
-            + self._coolant_inlet_weight * inlet
-        )
-        coolant_cell = np.repeat(
-            self._coolant_module_degc.ravel(), self.topology.cells_series_per_module
-        )
+        # 3. Thermal, every step or every ``thermal_interval_s`` with the heat accumulated.
         heat_in_cell = res.heat_j + sd_j
-        key = (dt_s, self._thermal_version)
-        thermal = self._thermal
-        if thermal is None or self._thermal_key != key:
-            thermal = ThermalCoefficients.build(
-                dt_s, self._heat_capacity_j_per_k, self._g_coolant, self._g_ambient
-            )
-            self._thermal = thermal
-            self._thermal_key = key
-        t1, q_cool, q_amb = thermal.apply(temp0, heat_in_cell, coolant_cell, self.ambient_degc)
-        self._temperature_degc = t1
+        if self.thermal_interval_s <= 0.0:
+            self._thermal_update(heat_in_cell, dt_s)
+        else:
+            self._heat_pending_j += heat_in_cell
+            self._thermal_pending_s += dt_s
+            if self._thermal_pending_s >= self.thermal_interval_s:
+                self._thermal_update(self._heat_pending_j, self._thermal_pending_s)
+                self._heat_pending_j = np.zeros(n)
+                self._thermal_pending_s = 0.0
 
         # 4. Accumulate energy terms.
         self._dc_out_j += res.terminal_energy_j
         self._cell_heat_j += res.heat_j
         self._self_discharge_j += sd_j
-        self._to_coolant_j += q_cool
-        self._to_ambient_j += q_amb
 
         v = res.voltage_v
         self._cell_voltage_v = v
@@ -1382,10 +1401,8 @@ class Pack:
         self._string_current_a = string_i
         self._current_a = float(current_a)
 
-        # 5. Ageing window.
+        # 5. Ageing window (temperature and SoC are sampled by the thermal updates).
         self._win_elapsed_s += dt_s
-        self._win_temp_ks += temp0 * dt_s
-        self._win_soc_s += 0.5 * (soc0 + self.state.soc) * dt_s
         self._win_string_as += np.abs(string_i) * dt_s
         self.time_s += dt_s
         if self._win_elapsed_s >= self.ageing_window_s:
@@ -1404,12 +1421,52 @@ class Pack:
             bleed_j=0.0 if bleed_j is None else float(bleed_j.sum()),
         )
 
+    def _thermal_update(self, heat_j: FloatArray, duration_s: float) -> None:
+        """Advance the cell temperatures by ``duration_s`` with ``heat_j`` released evenly."""
+        ns = self._ns
+        temp0 = self._temperature_degc
+        # Coolant along the flow path, from the start temperatures.
+        inlet = self._coolant_inlet_degc()
+        gt = (self._g_coolant * temp0).reshape(ns, self.topology.modules_per_string, -1)
+        t_module = gt.sum(axis=2) / self._ua_module_safe
+        self._coolant_module_degc = (
+            np.matmul(self._coolant_matrix, t_module[:, :, None])[:, :, 0]
+            + self._coolant_inlet_weight * inlet
+        )
+        coolant_cell = np.repeat(
+            self._coolant_module_degc.ravel(), self.topology.cells_series_per_module
+        )
+        key = (duration_s, self._thermal_version)
+        thermal = self._thermal
+        if thermal is None or self._thermal_key != key:
+            thermal = ThermalCoefficients.build(
+                duration_s, self._heat_capacity_j_per_k, self._g_coolant, self._g_ambient
+            )
+            self._thermal = thermal
+            self._thermal_key = key
+        t1, q_cool, q_amb = thermal.apply(temp0, heat_j, coolant_cell, self.ambient_degc)
+        self._temperature_degc = t1
+        self._to_coolant_j += q_cool
+        self._to_ambient_j += q_amb
+        self._win_temp_ks += temp0 * duration_s
+        self._win_soc_s += self.state.soc * duration_s
+        self._win_sampled_s += duration_s
+        ecm_temp = self._ecm_temperature_degc
+        if float(np.abs(t1 - ecm_temp).max()) > self.ecm_temperature_tolerance_k:
+            self._ecm_temperature_degc = t1.copy()
+
     # ---------------------------------------------------------------- ageing
     def _apply_ageing(self) -> None:
         """Apply the ageing model to the closed window and reset it."""
         dt = self._win_elapsed_s
-        mean_t = self._win_temp_ks / dt
-        mean_soc = self._win_soc_s / dt
+        sampled = self._win_sampled_s
+        if sampled > 0:
+            mean_t = self._win_temp_ks / sampled
+            mean_soc = self._win_soc_s / sampled
+        else:
+            mean_t = self._temperature_degc.copy()
+            mean_soc = self.state.soc.copy()
+        self._win_sampled_s = 0.0
         throughput_ah = np.repeat(self._win_string_as, self._nser) / 3600.0
         self._win_elapsed_s = 0.0
         self._win_temp_ks[:] = 0.0
@@ -1492,12 +1549,14 @@ class Pack:
         sensible = self._heat_capacity_j_per_k * (
             self._temperature_degc - self._temperature_start_degc
         )
-        per_cell = generated - self._to_coolant_j - self._to_ambient_j - sensible
+        pending = self._heat_pending_j
+        per_cell = generated - self._to_coolant_j - self._to_ambient_j - sensible - pending
         return ThermalBalance(
             generated_j=float(generated.sum()),
             to_coolant_j=float(self._to_coolant_j.sum()),
             to_ambient_j=float(self._to_ambient_j.sum()),
             sensible_change_j=float(sensible.sum()),
+            pending_j=float(pending.sum()),
             residual_j=float(per_cell.sum()),
         )
 
