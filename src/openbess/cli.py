@@ -170,15 +170,23 @@ def run(
 
     try:
         cfg = load_site(site)
-        run_realtime(
+        kpis = run_realtime(
             cfg,
             speed=speed,
             start=_parse_start(start),
             db_path=Path(db_path) if db_path else None,
             duration_s=duration_s,
+            status=lambda line: click.echo(line, err=True),
         )
     except OpenBessError as err:
         _fail(err)
+        return
+    click.echo(
+        f"stopped: {kpis['simulated_days']:.2f} simulated days, savings "
+        f"{kpis['savings_eur']:.2f} EUR, energy balance error "
+        f"{kpis['energy_balance_error_fraction']:.1e}, alarms {kpis['alarms_raised']}",
+        err=True,
+    )
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from tqdm import tqdm
 
@@ -344,6 +346,7 @@ def run_realtime(
     db_path: Path | None = None,
     duration_s: float | None = None,
     clock: Clock | None = None,
+    status: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the site in (scaled) real time until interrupted or ``duration_s`` wall seconds.
 
@@ -364,6 +367,8 @@ def run_realtime(
         Wall seconds to run (None: until SIGINT/SIGTERM).
     clock : Clock or None
         Clock to use (default: a :class:`~openbess.clock.ScaledClock`).
+    status : callable or None
+        Receives a one-line status about every 5 wall seconds (default: the log at INFO).
 
     Returns
     -------
@@ -382,13 +387,12 @@ def run_realtime(
         stop["flag"] = True
 
     old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    log.warning(
-        "running site '%s' at %gx real time, cycle %.3g s, logging to %s",
-        config.name,
-        speed,
-        step,
-        db_path,
+    say = status if status is not None else log.info
+    say(
+        f"running site '{config.name}' at {speed:g}x real time, cycle {step:.3g} s, "
+        f"logging to {db_path}; Ctrl-C stops"
     )
+    tz = ZoneInfo(config.timezone)
     soc_start = site.twin.pack.soc
     wall0 = time.monotonic()
     now = start_s
@@ -402,15 +406,12 @@ def run_realtime(
             wall = time.monotonic()
             if tel is not None and wall - last_report >= 5.0:
                 last_report = wall
-                log.warning(
-                    "%s SoC %.1f %% | battery %+.0f W | grid %+.0f W | %s %s | alarms %s",
-                    datetime.fromtimestamp(now).astimezone().isoformat(timespec="minutes"),
-                    100 * tel.soc,
-                    site.twin.battery_ac_w,
-                    site.twin.grid_w,
-                    tel.gate.outcome.value,
-                    tel.gate.reason.value,
-                    ",".join(tel.alarms) or "none",
+                say(
+                    f"{datetime.fromtimestamp(now, tz).isoformat(timespec='minutes')} "
+                    f"SoC {100 * tel.soc:5.1f} % | battery {site.twin.battery_ac_w:+7.0f} W | "
+                    f"PV {site.twin.pv_w:6.0f} W | load {site.twin.load_w:6.0f} W | "
+                    f"grid {site.twin.grid_w:+7.0f} W | gate {tel.gate.outcome.value}"
+                    f"/{tel.gate.reason.value} | alarms {','.join(tel.alarms) or 'none'}"
                 )
             if duration_s is not None and wall - wall0 >= duration_s:
                 break
