@@ -72,3 +72,10 @@ def test_bad_toml_and_missing_file(tmp_path: Path):
         load_site(bad)
     with pytest.raises(ConfigError, match="neither a built-in site"):
         load_site(tmp_path / "missing.toml")
+
+
+def test_configuration_doc_lists_every_field():
+    from openbess.config import config_reference
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert config_reference() in doc, "run scripts/gen_config_doc.py to refresh the reference"

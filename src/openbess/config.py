@@ -11,7 +11,7 @@ import tomllib
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -274,3 +274,54 @@ def load_site(name_or_path: str | Path) -> SiteConfig:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML: {err}") from None
     return parse_site(doc, where)
+
+
+def _constraints(info: Any) -> str:
+    parts = []
+    for m in info.metadata:
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                parts.append(f"{sym} {v}")
+    return ", ".join(parts)
+
+
+def _type_name(annotation: Any) -> str:
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in args)
+    if args:
+        return " or ".join(_type_name(a) for a in args).replace("NoneType", "none")
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "").replace("datetime.datetime", "datetime")
+
+
+def config_reference() -> str:
+    """The site-file reference (Markdown) generated from the model: every field, its default.
+
+    Returns
+    -------
+    str
+        Markdown table rows, one per field, grouped by section.
+    """
+    lines: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        doc = (model.__doc__ or "").strip().splitlines()[0]
+        lines.append(f"\n### `[{prefix or 'top level'}]`\n\n{doc}\n")
+        lines.append("| field | type | default | allowed |")
+        lines.append("|---|---|---|---|")
+        nested: list[tuple[type[BaseModel], str]] = []
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                nested.append((ann, f"{prefix}.{name}" if prefix else name))
+                continue
+            default = info.default
+            shown = "none" if default is None else f"`{default}`"
+            lines.append(f"| `{name}` | {_type_name(ann)} | {shown} | {_constraints(info)} |")
+        for sub, path in nested:
+            walk(sub, path)
+
+    walk(SiteConfig, "")
+    return "\n".join(lines) + "\n"
