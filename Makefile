@@ -23,8 +23,8 @@ run: $(STAMP)
 
 ## test: install dev extras and services, then lint, type-check and the whole test suite
 test: $(STAMP) services
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -n 2 -q
 
@@ -32,8 +32,8 @@ services:
 	@true
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -27,15 +27,38 @@ def test_validate_config_ok_and_error(tmp_path: Path):
 
 def test_simulate_json_prints_one_object_with_a_closed_balance(tmp_path: Path):
     out = subprocess.run(
-        [sys.executable, "-m", "openbess.cli", "simulate", "--site", "home", "--days", "0.5",
-         "--step", "60", "--json", "--no-progress", "--out", str(tmp_path)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "openbess.cli",
+            "simulate",
+            "--site",
+            "home",
+            "--days",
+            "0.5",
+            "--step",
+            "60",
+            "--json",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     kpis = json.loads(out.stdout)
     assert kpis["energy_balance_error_fraction"] < 1e-3
     assert kpis["cell_limits_respected"] is True
-    for key in ("energy_charged_ac_kwh", "losses_converter_kwh", "cost_eur",
-                "baseline_cost_eur", "cell_voltage_max_seen_v", "alarms_raised", "gate_refused"):
+    for key in (
+        "energy_charged_ac_kwh",
+        "losses_converter_kwh",
+        "cost_eur",
+        "baseline_cost_eur",
+        "cell_voltage_max_seen_v",
+        "alarms_raised",
+        "gate_refused",
+    ):
         assert key in kpis
     db = tmp_path / "home.sqlite"
     with sqlite3.connect(db) as con:
@@ -53,9 +76,24 @@ def test_simulate_rejects_a_bad_start():
 def test_run_scaled_real_time_writes_the_database(tmp_path: Path):
     db = tmp_path / "run.sqlite"
     subprocess.run(
-        [sys.executable, "-m", "openbess.cli", "run", "--site", "home", "--speed", "3600",
-         "--duration", "2", "--db", str(db)],
-        capture_output=True, text=True, check=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "openbess.cli",
+            "run",
+            "--site",
+            "home",
+            "--speed",
+            "3600",
+            "--duration",
+            "2",
+            "--db",
+            str(db),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     with sqlite3.connect(db) as con:
         n = con.execute("select count(*) from pack").fetchone()[0]
