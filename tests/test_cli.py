@@ -98,3 +98,49 @@ def test_run_scaled_real_time_writes_the_database(tmp_path: Path):
     with sqlite3.connect(db) as con:
         n = con.execute("select count(*) from pack").fetchone()[0]
     assert n > 10
+
+
+def test_fault_specs_parse_and_errors_name_the_part():
+    import pytest
+
+    from openbess.simulate import parse_fault
+    from openbess.twin.faults import FaultKind
+
+    f = parse_fault("internal_short:3@3600:resistance_ohm=0.05")
+    assert (f.kind, f.target, f.after_s, f.params) == (
+        FaultKind.INTERNAL_SHORT,
+        3,
+        3600.0,
+        (("resistance_ohm", 0.05),),
+    )
+    for bad, part in [
+        ("bogus:1@3", "unknown kind 'bogus'"),
+        ("link_lost:0", "KIND:TARGET@SECONDS"),
+        ("link_lost:x@3", "TARGET must be an integer"),
+        ("internal_short:1@3:resistance_ohm", "not name=number"),
+    ]:
+        with pytest.raises(ValueError, match=part):
+            parse_fault(bad)
+
+
+def test_simulate_with_a_lost_link_goes_to_safe_idle():
+    res = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "--site",
+            "home",
+            "--days",
+            "0.2",
+            "--step",
+            "60",
+            "--json",
+            "--no-progress",
+            "--fault",
+            "link_lost:0@3600",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    kpis = json.loads(res.output.strip().splitlines()[-1])
+    assert kpis["commands_lost"] > 100
+    assert kpis["gate_safe_idle"] > 100

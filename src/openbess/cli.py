@@ -11,13 +11,16 @@ import logging
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from openbess import __version__
 from openbess.config import load_site
 from openbess.errors import OpenBessError
+
+if TYPE_CHECKING:
+    from openbess.simulate import FaultSpec
 
 log = logging.getLogger("openbess")
 
@@ -31,7 +34,7 @@ def _setup_logging(verbose: int) -> None:
     )
 
 
-def _fail(err: OpenBessError) -> None:
+def _fail(err: Exception) -> None:
     click.echo(f"error: {err}", err=True)
     sys.exit(2)
 
@@ -100,6 +103,13 @@ def validate_config(site_file: str) -> None:
     help="Directory for the run database (default: no database).",
 )
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option(
+    "--fault",
+    "fault_specs",
+    multiple=True,
+    metavar="KIND:TARGET@SECONDS[:k=v]",
+    help="Inject a twin fault, e.g. internal_short:3@3600:resistance_ohm=0.05 (repeatable).",
+)
 def simulate(
     site: str,
     days: float,
@@ -108,10 +118,12 @@ def simulate(
     as_json: bool,
     out_dir: str | None,
     no_progress: bool,
+    fault_specs: tuple[str, ...],
 ) -> None:
     """Fast-forward the site on the digital twin and print the KPIs."""
     from openbess.simulate import simulate as run_sim
 
+    faults = _parse_faults(fault_specs)
     try:
         cfg = load_site(site)
         kpis = run_sim(
@@ -121,14 +133,24 @@ def simulate(
             step_s=step_s,
             db_path=Path(out_dir) / f"{cfg.name}.sqlite" if out_dir else None,
             progress=not no_progress,
+            faults=faults,
         )
-    except OpenBessError as err:
+    except (OpenBessError, ValueError) as err:
         _fail(err)
         return
     if as_json:
         click.echo(json.dumps(kpis, indent=None, sort_keys=False))
     else:
         _print_kpis(kpis)
+
+
+def _parse_faults(specs: tuple[str, ...]) -> list[FaultSpec]:
+    from openbess.simulate import parse_fault
+
+    try:
+        return [parse_fault(text) for text in specs]
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--fault") from None
 
 
 def _print_kpis(kpis: dict[str, Any]) -> None:
@@ -163,11 +185,17 @@ def _print_kpis(kpis: dict[str, Any]) -> None:
     help="Stop after this many wall seconds (default: run until Ctrl-C).",
 )
 def run(
-    site: str, speed: float, start: str | None, db_path: str | None, duration_s: float | None
+    site: str,
+    speed: float,
+    start: str | None,
+    db_path: str | None,
+    fault_specs: tuple[str, ...],
+    duration_s: float | None,
 ) -> None:
     """Run the controller on the site in (scaled) real time: the main job."""
     from openbess.simulate import run_realtime
 
+    faults = _parse_faults(fault_specs)
     try:
         cfg = load_site(site)
         kpis = run_realtime(
@@ -177,8 +205,9 @@ def run(
             db_path=Path(db_path) if db_path else None,
             duration_s=duration_s,
             status=lambda line: click.echo(line, err=True),
+            faults=faults,
         )
-    except OpenBessError as err:
+    except (OpenBessError, ValueError) as err:
         _fail(err)
         return
     click.echo(

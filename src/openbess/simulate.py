@@ -10,7 +10,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from openbess.ems.strategy import SelfConsumption, Strategy
 from openbess.gate import Gate
 from openbess.plant import Measurements, SiteMeasurements
 from openbess.storage import RunStore, pack_row
+from openbess.twin.faults import FaultKind
 from openbess.twin.pack import parallel_group_params
 from openbess.twin.site import SiteTwin
 
@@ -210,6 +211,102 @@ def build_site(
     return Site(config, twin, bms, controller, store)
 
 
+@dataclass(frozen=True)
+class FaultSpec:
+    """A fault to inject into the twin during a run.
+
+    Parameters
+    ----------
+    kind : FaultKind
+        What breaks.
+    target : int
+        Index of the cell, string, temperature sensor (0 for the contactor and the link).
+    after_s : float
+        When, in simulated seconds after the start [s].
+    params : dict
+        Fault parameters (e.g. ``resistance_ohm`` of an internal short).
+    """
+
+    kind: FaultKind
+    target: int
+    after_s: float
+    params: tuple[tuple[str, float], ...] = ()
+
+
+def parse_fault(text: str) -> FaultSpec:
+    """Parse ``KIND:TARGET@SECONDS[:name=value...]``.
+
+    Example: ``internal_short:3@3600:resistance_ohm=0.05`` shorts cell 3 an hour into the run.
+
+    Parameters
+    ----------
+    text : str
+        The specification.
+
+    Returns
+    -------
+    FaultSpec
+        The parsed fault.
+
+    Raises
+    ------
+    ValueError
+        Naming the part that is wrong and what is allowed.
+    """
+    head, *extra = text.split(":")
+    kinds = ", ".join(k.value for k in FaultKind)
+    if not extra or "@" not in extra[0]:
+        raise ValueError(f"fault {text!r}: expected KIND:TARGET@SECONDS, e.g. link_lost:0@600")
+    try:
+        kind = FaultKind(head)
+    except ValueError:
+        raise ValueError(f"fault {text!r}: unknown kind {head!r}; known: {kinds}") from None
+    target_s, _, when_s = extra[0].partition("@")
+    try:
+        target = int(target_s)
+        after = float(when_s)
+    except ValueError:
+        raise ValueError(
+            f"fault {text!r}: TARGET must be an integer and SECONDS a number"
+        ) from None
+    params: list[tuple[str, float]] = []
+    for item in extra[1:]:
+        name, eq, value = item.partition("=")
+        try:
+            params.append((name, float(value)))
+        except ValueError:
+            raise ValueError(f"fault {text!r}: parameter {item!r} is not name=number") from None
+        if not eq:
+            raise ValueError(f"fault {text!r}: parameter {item!r} is not name=number")
+    return FaultSpec(kind, target, after, tuple(params))
+
+
+def inject_faults(site: Site, start_s: float, faults: Sequence[FaultSpec]) -> None:
+    """Schedule faults in the twin and log them as events.
+
+    Parameters
+    ----------
+    site : Site
+        The assembled site.
+    start_s : float
+        Run start [s, Unix UTC].
+    faults : sequence of FaultSpec
+        The faults.
+
+    Raises
+    ------
+    ValueError
+        A target out of range or an unknown parameter (named).
+    """
+    for f in faults:
+        at = start_s + f.after_s
+        site.twin.faults.inject(f.kind, f.target, at_time_s=at, **dict(f.params))
+        if site.store is not None:
+            site.store.record_event(
+                at, "drill", f.kind.value, "info", f"fault injected on target {f.target}"
+            )
+
+
 def _start_s(config: SiteConfig, start: datetime | None) -> float:
     dt = start if start is not None else config.simulation.start
     if dt.tzinfo is None:
@@ -285,6 +382,7 @@ def simulate(
     step_s: float | None = None,
     db_path: Path | None = None,
     progress: bool = True,
+    faults: Sequence[FaultSpec] = (),
 ) -> dict[str, Any]:
     """Fast-forward a site on the twin and return its KPIs.
 
@@ -302,6 +400,8 @@ def simulate(
         Run database (None: no database).
     progress : bool
         Show a progress bar on stderr.
+    faults : sequence of FaultSpec
+        Faults to inject into the twin.
 
     Returns
     -------
@@ -313,6 +413,7 @@ def simulate(
     step = float(step_s if step_s is not None else config.simulation.step_s)
     start_s = _start_s(config, start)
     site = build_site(config, start_s, step, db_path)
+    inject_faults(site, start_s, faults)
     clock = SimClock(start_s)
     soc_start = site.twin.pack.soc
     n = round(days * 86400.0 / step)
@@ -347,6 +448,7 @@ def run_realtime(
     duration_s: float | None = None,
     clock: Clock | None = None,
     status: Callable[[str], None] | None = None,
+    faults: Sequence[FaultSpec] = (),
 ) -> dict[str, Any]:
     """Run the site in (scaled) real time until interrupted or ``duration_s`` wall seconds.
 
@@ -369,6 +471,8 @@ def run_realtime(
         Clock to use (default: a :class:`~openbess.clock.ScaledClock`).
     status : callable or None
         Receives a one-line status about every 5 wall seconds (default: the log at INFO).
+    faults : sequence of FaultSpec
+        Faults to inject into the twin (times in simulated seconds after the start).
 
     Returns
     -------
@@ -380,6 +484,7 @@ def run_realtime(
     if db_path is None:
         db_path = Path(config.storage.path.format(site=config.name))
     site = build_site(config, start_s, step, db_path)
+    inject_faults(site, start_s, faults)
     clk = clock if clock is not None else ScaledClock(start_s, speed)
     stop = {"flag": False}
 
