@@ -178,6 +178,13 @@ def _print_kpis(kpis: dict[str, Any]) -> None:
     help="Run database (default: the site's storage.path).",
 )
 @click.option(
+    "--fault",
+    "fault_specs",
+    multiple=True,
+    metavar="KIND:TARGET@SECONDS[:k=v]",
+    help="Inject a twin fault (see simulate --help).",
+)
+@click.option(
     "--duration",
     "duration_s",
     type=click.FloatRange(min=0.0, min_open=True),
