@@ -41,8 +41,9 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest -n 2 -q
 
-## bench: run every benchmark (prints JSON)
+## bench: run every benchmark (prints JSON); installs the [bench] extra (PyBaMM) first
 bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	for b in benchmarks/*.py; do $(PY) $$b; done
 
 clean:
