@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from openbess.bms.contactor import ContactorInputs, ContactorMachine, ContactorOutput
+from openbess.bms.contactor import ContactorRequest as MachineRequest
 from openbess.bms.defaults import BmsParams
-from openbess.bms.estimator import SocEstimator, string_soc
+from openbess.bms.estimator import SocEstimator
 from openbess.bms.limits import LimitCalculator
 from openbess.bms.protection import EventKind, Protection, ProtectionInputs, ProtectionResult
 from openbess.cell.ecm import CellModel
@@ -35,6 +36,44 @@ log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+
+#: Arrays up to this size are reduced in pure Python (numpy's per-call cost dominates).
+_SMALL = 32
+
+
+def _min_max(a: FloatArray) -> tuple[float, float]:
+    """Smallest and largest value of a non-empty array without NaN (exact either way)."""
+    if a.size <= _SMALL:
+        values = a.tolist()
+        return min(values), max(values)
+    return float(np.minimum.reduce(a)), float(np.maximum.reduce(a))
+
+
+#: The contactor machine's request as the contract's request (same values).
+_REQUEST = {r: ContactorRequest(r.value) for r in MachineRequest}
+
+
+def _pack_soc(soc: FloatArray, n_strings: int) -> tuple[float, float, float, FloatArray | float]:
+    """Pack SoC (mean of :func:`string_soc`), lowest and highest cell SoC, and string minima.
+
+    The same reductions as ``string_soc(soc, n_strings).mean()``, ``soc.min()`` and
+    ``soc.max()`` (bit-identical), done once; with one string on floats.
+    """
+    if n_strings == 1:
+        z_min, z_max = _min_max(soc)
+        denom = z_min + 1.0 - z_max
+        return (z_min / denom if denom > 0 else 0.0), z_min, z_max, z_min
+    per = soc.reshape(n_strings, -1)
+    zmin = np.minimum.reduce(per, axis=1)
+    zmax = np.maximum.reduce(per, axis=1)
+    denom = zmin + 1.0 - zmax
+    usable = np.where(denom > 0, zmin / np.where(denom > 0, denom, 1.0), 0.0)
+    return (
+        float(np.add.reduce(usable)) / n_strings,
+        float(np.minimum.reduce(zmin)),
+        float(np.maximum.reduce(zmax)),
+        zmin,
+    )
 
 
 @dataclass(frozen=True)
@@ -84,6 +123,22 @@ class BmsSetup:
         return self.n_strings * self.n_series
 
 
+class _SensorLayout:
+    """Which module each temperature sensor belongs to, for one sensor array."""
+
+    __slots__ = ("all_modules_covered", "counts", "module_of_sensor", "sensor_cell")
+
+    def __init__(self, sensor_cell: npt.NDArray[np.intp], cells_per_module: int, n_mod: int):
+        self.sensor_cell = sensor_cell
+        self.module_of_sensor = sensor_cell // cells_per_module
+        # Float counts, exactly as numpy.bincount with boolean weights gives them.
+        self.counts: FloatArray = np.asarray(
+            np.bincount(self.module_of_sensor, np.ones(sensor_cell.size), minlength=n_mod),
+            dtype=np.float64,
+        )
+        self.all_modules_covered = bool(np.all(self.counts > 0))
+
+
 @dataclass
 class BmsEvent:
     """An event for the logbook (protection, contactor, BMS)."""
@@ -126,19 +181,63 @@ class BatteryManagementSystem:
         j = int(np.argmin(np.abs(setup.cell.temperature_grid_degc - 25.0)))
         self._r_cell_ohm = float(setup.cell.r0_ohm[j, mid] + setup.cell.rc_r_ohm[:, j, mid].sum())
         self._nominal_wh = setup.cell.capacity_ah * setup.cell.nominal_voltage_v * setup.n_cells
+        self._ones = np.ones(setup.n_cells)
+        self._n_modules = setup.n_strings * setup.modules_per_string
+        self._cells_per_module = setup.n_cells // self._n_modules
+        #: Sensor -> module mapping of the last read-only ``temperature_sensor_cell`` array.
+        self._sensor_layout: _SensorLayout | None = None
+        #: ``Telemetry.alarms`` of the last alarm tuple seen (rebuilt when the alarms change).
+        self._alarm_source: tuple[tuple[str, object], ...] | None = None
+        self._alarm_labels: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ monitoring
-    def _cell_temperatures(self, m: Measurements) -> tuple[FloatArray, float, float, float]:
-        t = np.where(m.cell_temperature_valid, m.cell_temperature_degc, np.nan)
-        if not np.any(m.cell_temperature_valid):
+    def _layout(self, sensor_cell: npt.NDArray[np.intp]) -> _SensorLayout:
+        layout = self._sensor_layout
+        if layout is not None and layout.sensor_cell is sensor_cell:
+            return layout
+        layout = _SensorLayout(sensor_cell, self._cells_per_module, self._n_modules)
+        # Only a read-only array can be trusted not to change under the cached mapping.
+        self._sensor_layout = None if sensor_cell.flags.writeable else layout
+        return layout
+
+    def _cell_temperatures(self, m: Measurements) -> tuple[FloatArray, float, float, float, int]:
+        """Per-cell temperatures, min / max / mean of the valid sensors, number invalid."""
+        t_ok = m.cell_temperature_valid
+        raw = m.cell_temperature_degc
+        n_t = t_ok.size
+        n_bad = n_t - int(np.count_nonzero(t_ok))
+        if n_bad == 0 and n_t and raw.dtype == np.float64:
+            total = float(np.add.reduce(raw))
+            if math.isfinite(total):
+                # Every sensor valid and finite: the general path below reduces to this (same
+                # sums in the same order, so bit-identical results).
+                layout = self._layout(m.temperature_sensor_cell)
+                mean_all = total / n_t
+                t_min, t_max = _min_max(raw)
+                if self._n_modules == 1 and n_t <= _SMALL:
+                    # One module: numpy.bincount's sum is this sequential one.
+                    acc = 0.0
+                    for x in raw.tolist():
+                        acc += x
+                    cell_t = self._ones * (acc / layout.counts[0])
+                    return cell_t, t_min, t_max, mean_all, 0
+                sums = np.bincount(layout.module_of_sensor, raw, minlength=self._n_modules)
+                if layout.all_modules_covered:
+                    mod_t = sums / layout.counts
+                else:
+                    cov = layout.counts
+                    mod_t = np.where(cov > 0, sums / np.maximum(cov, 1), mean_all)
+                return mod_t.repeat(self._cells_per_module), t_min, t_max, mean_all, 0
+        t = np.where(t_ok, raw, np.nan)
+        if not np.any(t_ok):
             nan = math.nan
-            return np.full(self.setup.n_cells, 25.0), nan, nan, nan
+            return np.full(self.setup.n_cells, 25.0), nan, nan, nan, n_bad
         # Each module's cells take the mean of the module's valid sensors (pack mean if none).
-        n_mod = self.setup.n_strings * self.setup.modules_per_string
-        per_mod = self.setup.n_cells // n_mod
+        n_mod = self._n_modules
+        per_mod = self._cells_per_module
         module_of_sensor = m.temperature_sensor_cell // per_mod
         sums = np.bincount(module_of_sensor, np.nan_to_num(t), minlength=n_mod)
-        counts = np.bincount(module_of_sensor, m.cell_temperature_valid, minlength=n_mod)
+        counts = np.bincount(module_of_sensor, t_ok, minlength=n_mod)
         mean_all = float(np.nanmean(t))
         mod_t = np.where(counts > 0, sums / np.maximum(counts, 1), mean_all)
         return (
@@ -146,6 +245,7 @@ class BatteryManagementSystem:
             float(np.nanmin(t)),
             float(np.nanmax(t)),
             mean_all,
+            n_bad,
         )
 
     def update(
@@ -181,25 +281,43 @@ class BatteryManagementSystem:
         # Monitoring summary (invalid readings excluded, counted).
         v = m.cell_voltage_v
         v_ok = m.cell_voltage_valid
-        n_bad_v = int(v.size - np.count_nonzero(v_ok))
-        if n_bad_v < v.size:
-            vv = v[v_ok] if n_bad_v else v
-            v_min, v_max, v_avg = float(vv.min()), float(vv.max()), float(vv.mean())
+        n_v = v.size
+        n_bad_v = int(n_v - np.count_nonzero(v_ok))
+        if n_bad_v == 0 and n_v and v.dtype == np.float64:
+            # ndarray.sum/mean are this reduction (mean = sum / n); min/max are exact.
+            sum_v = float(np.add.reduce(v))
+            if math.isfinite(sum_v):
+                v_min, v_max = _min_max(v)
+            else:  # NaN/inf readings marked valid: numpy's NaN propagation
+                v_min, v_max = float(np.minimum.reduce(v)), float(np.maximum.reduce(v))
+            v_avg = sum_v / n_v
         else:
-            v_min = v_max = v_avg = math.nan
-        sum_v = float(v.sum()) if n_bad_v == 0 else math.nan
-        cell_t, t_min, t_max, t_avg = self._cell_temperatures(m)
+            if n_bad_v < n_v:
+                vv = v[v_ok] if n_bad_v else v
+                v_min, v_max, v_avg = float(vv.min()), float(vv.max()), float(vv.mean())
+            else:
+                v_min = v_max = v_avg = math.nan
+            sum_v = float(v.sum()) if n_bad_v == 0 else math.nan
+        cell_t, t_min, t_max, t_avg, n_bad_t = self._cell_temperatures(m)
         self.cell_temperature_degc = cell_t
         i_ok = m.string_current_valid
-        current_valid = bool(np.all(i_ok))
-        i_str = np.where(i_ok, m.string_current_a, 0.0)
-        pack_i = float(i_str.sum())
+        i_raw = m.string_current_a
+        current_valid = int(np.count_nonzero(i_ok)) == i_ok.size
+        if current_valid and i_raw.dtype == np.float64:
+            i_str = i_raw  # np.where(i_ok, i, 0.0) would only copy it
+        else:
+            i_str = np.where(i_ok, i_raw, 0.0)
+        pack_i = float(i_str[0]) if i_str.size == 1 else float(np.add.reduce(i_str))
 
         # Estimation.
-        cell_i = np.repeat(i_str, s.n_series)
+        # One string: every cell carries its current (the estimator takes it as a float).
+        one = s.n_strings == 1 and i_str.size == 1
+        cell_i = float(i_str[0]) if one else i_str.repeat(s.n_series)
         self.cell_soc = self.estimator.update(dt_s, cell_i, v, v_ok, cell_t)
-        soc_cells = np.nan_to_num(self.cell_soc, nan=0.0)
-        soc = float(string_soc(soc_cells, s.n_strings).mean())
+        estimated = self.estimator.initialised
+        # Estimated: every cell SoC is finite (nan_to_num would only copy it).
+        soc_cells = self.cell_soc if estimated else np.nan_to_num(self.cell_soc, nan=0.0)
+        soc, z_min, z_max, string_min = _pack_soc(soc_cells, s.n_strings)
         soh = self.estimator.soh
 
         # Protection.
@@ -213,8 +331,7 @@ class BatteryManagementSystem:
             sum_cell_voltage_v=sum_v / s.n_strings if math.isfinite(sum_v) else math.nan,
             ems_link_age_s=ems_link_age_s,
             n_invalid_voltage=n_bad_v,
-            n_invalid_temperature=int(m.cell_temperature_valid.size)
-            - int(np.count_nonzero(m.cell_temperature_valid)),
+            n_invalid_temperature=n_bad_t,
             current_valid=current_valid,
         )
         result = self.protection.evaluate(now_s, inputs)
@@ -228,7 +345,6 @@ class BatteryManagementSystem:
                 self.alarm_counts[ev.code] = self.alarm_counts.get(ev.code, 0) + 1
 
         # Current limits (derating), then contactors.
-        estimated = self.estimator.initialised
         was_closed = self.contactor.state is ContactorState.CLOSED
         chg_a, dis_a = self.limits.update(
             now_s,
@@ -236,8 +352,8 @@ class BatteryManagementSystem:
             v_min,
             t_min,
             t_max,
-            float(soc_cells.max()) if estimated else math.nan,
-            float(soc_cells.min()) if estimated else math.nan,
+            z_max if estimated else math.nan,
+            z_min if estimated else math.nan,
             allow_charge=result.allow_charge and estimated and was_closed,
             allow_discharge=result.allow_discharge and estimated and was_closed,
         )
@@ -279,14 +395,19 @@ class BatteryManagementSystem:
         )
 
         # Passive balancing on SoC imbalance, at rest or while charging.
-        self.balancing = self._balancing(soc_cells, pack_i, t_max, estimated, closed)
+        self.balancing, n_balancing = self._balancing(
+            soc_cells, string_min, pack_i, t_max, estimated, closed
+        )
+        if result.alarms is not self._alarm_source:
+            self._alarm_source = result.alarms
+            self._alarm_labels = result.labels()
 
         capacity_wh = self._nominal_wh * soh
         telemetry = Telemetry(
             time_s=now_s,
             soc=soc,
-            soc_cell_min=float(soc_cells.min()),
-            soc_cell_max=float(soc_cells.max()),
+            soc_cell_min=z_min,
+            soc_cell_max=z_max,
             soh=soh,
             energy_available_wh=soc * capacity_wh,
             capacity_wh=capacity_wh,
@@ -303,25 +424,35 @@ class BatteryManagementSystem:
             charge_power_limit_w=chg_w,
             discharge_power_limit_w=dis_w,
             contactor=c_out.state,
-            alarms=result.labels(),
-            balancing_cells=int(np.count_nonzero(self.balancing)),
+            alarms=self._alarm_labels,
+            balancing_cells=n_balancing,
             gate=last_decision,
         )
         return telemetry, limits
 
     def _balancing(
-        self, soc: FloatArray, pack_i: float, t_max: float, estimated: bool, closed: bool
-    ) -> BoolArray:
+        self,
+        soc: FloatArray,
+        string_min: FloatArray | float,
+        pack_i: float,
+        t_max: float,
+        estimated: bool,
+        closed: bool,
+    ) -> tuple[BoolArray, int]:
+        """Cells to bleed (SoC above their string's lowest by the threshold), and how many."""
         s = self.setup
         if not (s.balancing and estimated) or not math.isfinite(t_max):
-            return np.zeros(s.n_cells, dtype=bool)
+            return np.zeros(s.n_cells, dtype=bool), 0
         rest_a = s.params.protection.rest_current_a
         if t_max > s.balancing_max_temperature_degc or (closed and pack_i > rest_a):
-            return np.zeros(s.n_cells, dtype=bool)
-        per = soc.reshape(s.n_strings, s.n_series)
-        floor = per.min(axis=1, keepdims=True)
-        out: BoolArray = (per - floor > s.balancing_threshold_soc).reshape(-1)
-        return out
+            return np.zeros(s.n_cells, dtype=bool), 0
+        if s.n_strings == 1:
+            out: BoolArray = soc - string_min > s.balancing_threshold_soc
+        else:
+            per = soc.reshape(s.n_strings, s.n_series)
+            floor = np.reshape(string_min, (s.n_strings, 1))
+            out = (per - floor > s.balancing_threshold_soc).reshape(-1)
+        return out, int(np.count_nonzero(out))
 
     def actuation(self, gated: Actuation) -> Actuation:
         """Add the contactor request and the balancing mask to the gated actuation.
@@ -337,14 +468,16 @@ class BatteryManagementSystem:
             What goes to the plant.
         """
         out = self.contactor_out
-        request = out.request if out is not None else ContactorRequest.OPEN
-        setpoint = gated.ac_power_setpoint_w
-        if out is not None and out.needs_zero_current:
-            setpoint = 0.0
-        return replace(
-            gated,
+        if out is None:
+            request, setpoint = ContactorRequest.OPEN, gated.ac_power_setpoint_w
+        else:
+            request = _REQUEST[out.request]
+            setpoint = 0.0 if out.needs_zero_current else gated.ac_power_setpoint_w
+        return type(gated)(
             ac_power_setpoint_w=setpoint,
-            contactor=ContactorRequest(request.value),
+            charge_current_limit_a=gated.charge_current_limit_a,
+            discharge_current_limit_a=gated.discharge_current_limit_a,
+            contactor=request,
             balancing=self.balancing,
         )
 

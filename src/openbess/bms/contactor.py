@@ -179,6 +179,15 @@ class ContactorMachine:
         self._fault_code = ""
         self._last_time_s: float | None = None
         self._events: list[ContactorEvent] = []
+        self._handlers = {
+            ContactorState.OPEN: self._on_open,
+            ContactorState.PRECHARGE: self._on_precharge,
+            ContactorState.CLOSED: self._on_closed,
+            ContactorState.OPENING: self._on_opening,
+            ContactorState.FAULT: self._on_fault,
+        }
+        #: The last output without events (reused while the machine stands still).
+        self._steady: ContactorOutput | None = None
 
     @property
     def state(self) -> ContactorState:
@@ -247,16 +256,19 @@ class ContactorMachine:
         self._last_time_s = time_s
         if not first:
             self._check_feedback(time_s, inputs)
-        handler = {
-            ContactorState.OPEN: self._on_open,
-            ContactorState.PRECHARGE: self._on_precharge,
-            ContactorState.CLOSED: self._on_closed,
-            ContactorState.OPENING: self._on_opening,
-            ContactorState.FAULT: self._on_fault,
-        }[self._state]
-        handler(time_s, inputs)
+        self._handlers[self._state](time_s, inputs)
+        steady = self._steady
+        if (
+            not self._events
+            and steady is not None
+            and steady.state is self._state
+            and steady.main_close == self._main
+            and steady.precharge_close == self._precharge
+            and steady.attempt == self._attempt
+        ):
+            return steady
         events, self._events = tuple(self._events), []
-        return ContactorOutput(
+        out = ContactorOutput(
             state=self._state,
             main_close=self._main,
             precharge_close=self._precharge,
@@ -264,6 +276,11 @@ class ContactorMachine:
             events=events,
             attempt=self._attempt,
         )
+        if events:
+            self._steady = None
+        else:
+            self._steady = out
+        return out
 
     def _check_feedback(self, time_s: float, i: ContactorInputs) -> None:
         """Compare the hardware with the request made at the previous step."""

@@ -12,6 +12,7 @@ its weakest cells, ``z_min / (z_min + 1 - z_max)``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,11 +82,19 @@ class SocEstimator:
         self._grid = grid
         slope = np.gradient(model.ocv_ref_v, grid)
         self._slope = slope
+        # The SoC array last seen all finite (``update`` replaces ``soc`` with a new array each
+        # cycle and checks it), so ``initialised`` is not recomputed over every cell each time.
+        self._finite_soc: FloatArray | None = None
 
     @property
     def initialised(self) -> bool:
-        """True once the first voltage reading set the SoC."""
-        return bool(np.all(np.isfinite(self.soc)))
+        """True once the first voltage reading set the SoC (every cell's SoC is finite)."""
+        if self.soc is self._finite_soc:
+            return True
+        if bool(np.all(np.isfinite(self.soc))):
+            self._finite_soc = self.soc
+            return True
+        return False
 
     def _ocv_to_soc(self, voltage_v: FloatArray, temperature_degc: FloatArray) -> FloatArray:
         # Invert the branch the cell sits on (hysteresis sign from the last current).
@@ -103,7 +112,7 @@ class SocEstimator:
     def update(
         self,
         dt_s: float,
-        cell_current_a: FloatArray,
+        cell_current_a: FloatArray | float,
         cell_voltage_v: FloatArray,
         voltage_valid: BoolArray,
         cell_temperature_degc: FloatArray,
@@ -114,8 +123,10 @@ class SocEstimator:
         ----------
         dt_s : float
             Time since the last update [s].
-        cell_current_a : numpy.ndarray
-            Current through each cell [A], positive = discharge (its string's current).
+        cell_current_a : numpy.ndarray or float
+            Current through each cell [A], positive = discharge (its string's current). A
+            float means every cell carries that current (one string); same results as an
+            array filled with it, with fewer array operations.
         cell_voltage_v : numpy.ndarray
             Measured cell voltages [V].
         voltage_valid : numpy.ndarray of bool
@@ -129,25 +140,48 @@ class SocEstimator:
             SoC of each cell [fraction].
         """
         cfg = self.config
-        i = np.nan_to_num(cell_current_a)
+        i: FloatArray | float
+        if isinstance(cell_current_a, float):
+            i = cell_current_a if math.isfinite(cell_current_a) else _nan_to_num(cell_current_a)
+            charging = i < 0.0
+        else:
+            i = np.asarray(cell_current_a)
+            if not math.isfinite(float(np.add.reduce(i))):  # NaN/inf somewhere (rare)
+                i = np.nan_to_num(i)
+            charging = float(np.minimum.reduce(i)) < 0.0
         if not self.initialised:
             fresh = ~np.isfinite(self.soc) & voltage_valid
             if np.any(fresh):
                 self.soc[fresh] = self._ocv_to_soc(cell_voltage_v, cell_temperature_degc)[fresh]
                 self._anchor_soc[fresh] = self.soc[fresh]
             return self.soc
-        eta = np.where(i < 0, self.model.coulombic_efficiency(cell_temperature_degc), 1.0)
-        dq_ah = eta * i * dt_s / 3600.0
-        self.soc = np.clip(self.soc - dq_ah / self.capacity_ah, 0.0, 1.0)
-        self.throughput_ah += np.abs(i) * dt_s / 3600.0
+        dq_ah: FloatArray | float
+        if charging:  # coulombic efficiency where a cell charges
+            eta = self.model.coulombic_efficiency(cell_temperature_degc)
+            if not isinstance(i, float):
+                eta = np.where(i < 0, eta, 1.0)
+            dq_ah = eta * i * dt_s / 3600.0
+        else:  # eta = 1 everywhere, and 1.0 * i == i exactly
+            dq_ah = i * dt_s / 3600.0
+        # clip to [0, 1] (maximum/minimum propagate NaN like numpy.clip).
+        soc = self.soc - dq_ah / self.capacity_ah
+        np.maximum(soc, 0.0, out=soc)
+        np.minimum(soc, 1.0, out=soc)
+        self.soc = soc
+        abs_i = abs(i) if isinstance(i, float) else np.abs(i)
+        self.throughput_ah += abs_i * dt_s / 3600.0
         self.net_ah += dq_ah
-        moving = np.abs(i) >= cfg.rest_current_c * self.capacity_ah
-        self.last_sign = np.where(moving, np.sign(i), self.last_sign)
+        moving = abs_i >= cfg.rest_current_c * self.capacity_ah
+        self.last_sign = np.where(moving, _sign(i), self.last_sign)
         self.rest_s = np.where(moving, 0.0, self.rest_s + dt_s)
-        due = (self.rest_s >= cfg.rest_time_s) & voltage_valid
-        if np.any(due):
-            self._correct(due, cell_voltage_v, cell_temperature_degc)
-            self.rest_s[due] = 0.0
+        if float(np.fmax.reduce(self.rest_s)) >= cfg.rest_time_s:  # fmax skips NaN
+            due = (self.rest_s >= cfg.rest_time_s) & voltage_valid
+            if np.any(due):
+                self._correct(due, cell_voltage_v, cell_temperature_degc)
+                self.rest_s[due] = 0.0
+        # Values lie in [0, 1] or are NaN: the sum is finite exactly when every cell is.
+        if math.isfinite(float(np.add.reduce(self.soc))):
+            self._finite_soc = self.soc
         return self.soc
 
     def _correct(self, due: BoolArray, voltage_v: FloatArray, temperature_degc: FloatArray) -> None:
@@ -173,7 +207,20 @@ class SocEstimator:
     @property
     def soh(self) -> float:
         """Capacity state of health of the weakest cell [fraction]."""
-        return float(np.min(self.capacity_ah) / self.capacity_nominal_ah)
+        return float(np.minimum.reduce(self.capacity_ah) / self.capacity_nominal_ah)
+
+
+def _nan_to_num(x: float) -> float:
+    """:func:`numpy.nan_to_num` of one float."""
+    return float(np.nan_to_num(x))
+
+
+def _sign(x: FloatArray | float) -> FloatArray | float:
+    """:func:`numpy.sign`; on a finite float without numpy (0 for both zeros)."""
+    if isinstance(x, float):
+        return 1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0)
+    out: FloatArray = np.sign(x)
+    return out
 
 
 def string_soc(soc: FloatArray, n_strings: int) -> FloatArray:

@@ -16,6 +16,7 @@ temperatures give 0 for charge and ``unknown_temperature_discharge_factor`` for 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 
 import numpy as np
 import numpy.typing as npt
@@ -152,6 +153,68 @@ def discharge_limit_a(
     return params.rated_discharge_current_a * f
 
 
+# ------------------------------------------------------------------ scalar path
+# The cycle evaluates the limits on scalars; numpy's per-call overhead dominates there, so the
+# calculator uses these pure-Python twins of the functions above. They give bit-identical
+# results (same break-point search and the same interpolation formula as ``numpy.interp``).
+
+
+def _curve_points(curve: Curve) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return tuple(float(v) for v in curve.x), tuple(float(f) for f in curve.factor)
+
+
+def _factor_scalar(x: float, xs: tuple[float, ...], fs: tuple[float, ...]) -> float:
+    """:func:`derating_factor` of one float (NaN gives 0); ``xs`` strictly increasing."""
+    if x != x:  # NaN
+        return 0.0
+    if x < xs[0]:
+        return fs[0]
+    last = len(xs) - 1
+    if x > xs[last]:
+        return fs[last]
+    j = bisect_right(xs, x) - 1
+    if j == last or xs[j] == x:
+        return fs[j]
+    slope = (fs[j + 1] - fs[j]) / (xs[j + 1] - xs[j])
+    return slope * (x - xs[j]) + fs[j]
+
+
+def _temperature_factor_scalar(
+    t_lo: float,
+    t_hi: float,
+    xs: tuple[float, ...],
+    fs: tuple[float, ...],
+    unknown_factor: float,
+) -> float:
+    """:func:`temperature_factor` of two floats."""
+    if t_lo != t_lo or t_hi != t_hi:
+        return float(unknown_factor)
+    return min(_factor_scalar(t_lo, xs, fs), _factor_scalar(t_hi, xs, fs))
+
+
+class _Curves:
+    """The break points of every curve of one :class:`LimitParams`, as float tuples."""
+
+    __slots__ = (
+        "charge_soc",
+        "charge_temperature",
+        "charge_voltage",
+        "discharge_soc",
+        "discharge_temperature",
+        "discharge_voltage",
+        "params",
+    )
+
+    def __init__(self, p: LimitParams) -> None:
+        self.params = p
+        self.charge_voltage = _curve_points(p.charge_voltage)
+        self.charge_temperature = _curve_points(p.charge_temperature)
+        self.charge_soc = _curve_points(p.charge_soc)
+        self.discharge_voltage = _curve_points(p.discharge_voltage)
+        self.discharge_temperature = _curve_points(p.discharge_temperature)
+        self.discharge_soc = _curve_points(p.discharge_soc)
+
+
 class _Ramp:
     """Rate limiter of one limit: falls at once, rises at ``rate`` after ``hold``."""
 
@@ -195,6 +258,7 @@ class LimitCalculator:
         self._charge = _Ramp()
         self._discharge = _Ramp()
         self._last_time_s: float | None = None
+        self._curves = _Curves(params)
 
     def update(
         self,
@@ -239,18 +303,33 @@ class LimitCalculator:
             raise ValueError(f"time_s went backwards: {time_s!r} < {self._last_time_s!r}")
         self._last_time_s = time_s
         p = self.params
-        charge = float(
-            charge_limit_a(
-                p, cell_voltage_max_v, temperature_min_degc, temperature_max_degc, soc_max
+        c = self._curves
+        if c.params is not p:  # params replaced: rebuild the break-point tables
+            c = self._curves = _Curves(p)
+        # Same arithmetic as charge_limit_a / discharge_limit_a, on floats.
+        charge = 0.0
+        if allow_charge:
+            f = min(
+                _factor_scalar(cell_voltage_max_v, *c.charge_voltage),
+                _temperature_factor_scalar(
+                    temperature_min_degc, temperature_max_degc, *c.charge_temperature, 0.0
+                ),
             )
-        )
-        discharge = float(
-            discharge_limit_a(
-                p, cell_voltage_min_v, temperature_min_degc, temperature_max_degc, soc_min
+            f = min(f, _factor_scalar(soc_max, *c.charge_soc))
+            charge = p.rated_charge_current_a * f
+        discharge = 0.0
+        if allow_discharge:
+            f = min(
+                _factor_scalar(cell_voltage_min_v, *c.discharge_voltage),
+                _temperature_factor_scalar(
+                    temperature_min_degc,
+                    temperature_max_degc,
+                    *c.discharge_temperature,
+                    p.unknown_temperature_discharge_factor,
+                ),
             )
-        )
-        charge = charge if allow_charge else 0.0
-        discharge = discharge if allow_discharge else 0.0
+            f = min(f, _factor_scalar(soc_min, *c.discharge_soc))
+            discharge = p.rated_discharge_current_a * f
         return (
             self._charge.step(time_s, charge, p.rated_charge_current_a, p),
             self._discharge.step(time_s, discharge, p.rated_discharge_current_a, p),

@@ -55,6 +55,7 @@ __all__ = [
     "Tier",
     "fault_table",
     "quantity_value",
+    "quantity_values",
 ]
 
 
@@ -390,6 +391,52 @@ def _ok(x: float) -> bool:
     return math.isfinite(x)
 
 
+def quantity_values(inputs: ProtectionInputs) -> dict[Quantity, float]:
+    """Value of every watched quantity, computed once (NaN when the reading is invalid).
+
+    Parameters
+    ----------
+    inputs : ProtectionInputs
+        The monitoring summary.
+
+    Returns
+    -------
+    dict of Quantity to float
+        One entry per :class:`Quantity`; see :func:`quantity_value` for the meanings.
+    """
+    i = inputs
+    nan = math.nan
+    isfinite = math.isfinite
+    v_max, v_min = i.cell_voltage_max_v, i.cell_voltage_min_v
+    t_max, t_min = i.temperature_max_degc, i.temperature_min_degc
+    current = i.pack_current_a
+    current_ok = bool(i.current_valid) and isfinite(current)
+    v_max_ok, v_min_ok = isfinite(v_max), isfinite(v_min)
+    t_max_ok, t_min_ok = isfinite(t_max), isfinite(t_min)
+    pack_v, sum_v = i.pack_voltage_v, i.sum_cell_voltage_v
+    if not (t_max_ok and t_min_ok):
+        invalid_t = 2.0
+    else:
+        invalid_t = 1.0 if i.n_invalid_temperature > 0 else 0.0
+    return {
+        Quantity.CELL_VOLTAGE_MAX: v_max if v_max_ok else nan,
+        Quantity.CELL_VOLTAGE_MIN: v_min if v_min_ok else nan,
+        Quantity.TEMPERATURE_MAX: t_max if t_max_ok else nan,
+        Quantity.TEMPERATURE_MIN: t_min if t_min_ok else nan,
+        Quantity.CHARGE_CURRENT: -current if current_ok else nan,
+        Quantity.DISCHARGE_CURRENT: current if current_ok else nan,
+        Quantity.PACK_VOLTAGE_MISMATCH: (
+            abs(pack_v - sum_v) if isfinite(pack_v) and isfinite(sum_v) else nan
+        ),
+        Quantity.INVALID_VOLTAGE: (
+            1.0 if i.n_invalid_voltage > 0 or not (v_max_ok and v_min_ok) else 0.0
+        ),
+        Quantity.INVALID_TEMPERATURE: invalid_t,
+        Quantity.INVALID_CURRENT: 0.0 if current_ok else 1.0,
+        Quantity.EMS_LINK_AGE: i.ems_link_age_s if not math.isnan(i.ems_link_age_s) else nan,
+    }
+
+
 def quantity_value(quantity: Quantity, inputs: ProtectionInputs) -> float:
     """Value of one watched quantity; NaN when the reading is invalid.
 
@@ -406,39 +453,21 @@ def quantity_value(quantity: Quantity, inputs: ProtectionInputs) -> float:
         Voltages [V], temperatures [degC], currents [A] (magnitude in the named direction, may
         be negative when flowing the other way), link age [s]; the ``invalid_*`` quantities are
         0 (all valid), 1 (some invalid) or, for temperatures, 2 (none valid).
+
+    Raises
+    ------
+    ValueError
+        Unknown quantity.
     """
-    i = inputs
-    current_ok = bool(i.current_valid) and _ok(i.pack_current_a)
-    if quantity is Quantity.CELL_VOLTAGE_MAX:
-        return i.cell_voltage_max_v if _ok(i.cell_voltage_max_v) else math.nan
-    if quantity is Quantity.CELL_VOLTAGE_MIN:
-        return i.cell_voltage_min_v if _ok(i.cell_voltage_min_v) else math.nan
-    if quantity is Quantity.TEMPERATURE_MAX:
-        return i.temperature_max_degc if _ok(i.temperature_max_degc) else math.nan
-    if quantity is Quantity.TEMPERATURE_MIN:
-        return i.temperature_min_degc if _ok(i.temperature_min_degc) else math.nan
-    if quantity is Quantity.CHARGE_CURRENT:
-        return -i.pack_current_a if current_ok else math.nan
-    if quantity is Quantity.DISCHARGE_CURRENT:
-        return i.pack_current_a if current_ok else math.nan
-    if quantity is Quantity.PACK_VOLTAGE_MISMATCH:
-        if _ok(i.pack_voltage_v) and _ok(i.sum_cell_voltage_v):
-            return abs(i.pack_voltage_v - i.sum_cell_voltage_v)
-        return math.nan
-    if quantity is Quantity.INVALID_VOLTAGE:
-        bad = i.n_invalid_voltage > 0 or not (
-            _ok(i.cell_voltage_max_v) and _ok(i.cell_voltage_min_v)
-        )
-        return 1.0 if bad else 0.0
-    if quantity is Quantity.INVALID_TEMPERATURE:
-        if not (_ok(i.temperature_max_degc) and _ok(i.temperature_min_degc)):
-            return 2.0
-        return 1.0 if i.n_invalid_temperature > 0 else 0.0
-    if quantity is Quantity.INVALID_CURRENT:
-        return 0.0 if current_ok else 1.0
-    if quantity is Quantity.EMS_LINK_AGE:
-        return i.ems_link_age_s if not math.isnan(i.ems_link_age_s) else math.nan
-    raise ValueError(f"unknown quantity {quantity!r}")  # pragma: no cover
+    values = quantity_values(inputs)
+    if quantity not in values:
+        raise ValueError(f"unknown quantity {quantity!r}")  # pragma: no cover
+    return values[quantity]
+
+
+def _mildest(rule: FaultRule) -> float:
+    """The first used threshold (MOL if set): every other tier lies beyond it."""
+    return next(t for t in rule.thresholds if t is not None)
 
 
 def _beyond(direction: Direction, value: float, threshold: float) -> bool:
@@ -488,6 +517,13 @@ class Protection:
         self._rest_current_a = float(rest_current_a)
         self._last_time_s: float | None = None
         self._pending: list[ProtectionEvent] = []
+        # Per row: the mildest threshold and the direction, for the quiet-row check.
+        self._quiet_check = tuple(
+            (rule, row, _mildest(rule), rule.direction is Direction.ABOVE)
+            for rule, row in zip(self._table, self._rows, strict=True)
+        )
+        #: The result of the last evaluation without events (reused while nothing changes).
+        self._steady: ProtectionResult | None = None
 
     @classmethod
     def from_params(cls, params: ProtectionParams) -> Protection:
@@ -546,18 +582,34 @@ class Protection:
         current_ok = bool(inputs.current_valid) and _ok(inputs.pack_current_a)
         charging = not current_ok or inputs.pack_current_a < -self._rest_current_a
         discharging = not current_ok or inputs.pack_current_a > self._rest_current_a
-        for rule, row in zip(self._table, self._rows, strict=True):
+        values = quantity_values(inputs)
+        for rule, row, mildest, above in self._quiet_check:
+            value = values[rule.quantity]
+            if value != value and rule.nan_as is not None:
+                value = rule.nan_as
+            # A row without a tier whose (valid) value is inside its mildest threshold: no
+            # tier is exceeded, none is pending, none can change. Same state as _step gives.
+            if row.tier == 0 and (value <= mildest if above else value >= mildest):
+                if row.exceeded[0] or row.exceeded[1] or row.exceeded[2]:
+                    row.exceeded[:] = (False, False, False)
+                    row.since[:] = (None, None, None)
+                row.clear_since = None
+                continue
             flow_ok = (
                 rule.msl_only_while is Flow.ANY
                 or (rule.msl_only_while is Flow.CHARGING and charging)
                 or (rule.msl_only_while is Flow.DISCHARGING and discharging)
             )
-            event = self._step(rule, row, time_s, self._value(rule, inputs), flow_ok)
+            event = self._step(rule, row, time_s, value, flow_ok)
             if event is not None:
                 events.append(event)
                 log = logger.warning if event.kind is EventKind.RAISED else logger.info
                 log("%s", event.message)
-        return self._result(events)
+        if not events and self._steady is not None:
+            return self._steady  # no tier, latch or event changed since it was built
+        result = self._result(events)
+        self._steady = result if not events else self._result([])
+        return result
 
     @staticmethod
     def _value(rule: FaultRule, inputs: ProtectionInputs) -> float:
@@ -714,6 +766,7 @@ class Protection:
                 f"{clear_at:.4g}{unit} (MSL {msl:.4g}{unit} with hysteresis {rule.hysteresis:.4g})"
             )
         row.latched = False
+        self._steady = None
         held = self._held_tier(rule, value, flow_ok=False)
         row.tier = held
         row.clear_since = None

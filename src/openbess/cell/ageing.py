@@ -99,12 +99,12 @@ class StressLaw:
     def polynomial(self, x: FloatArray) -> FloatArray:
         """Cubic stress polynomial of SoC or depth, clipped at 0 [1]."""
         d = np.asarray(x, dtype=np.float64) - self.center
-        out: FloatArray = np.clip(self.c0 + d * (self.c1 + d * (self.c2 + d * self.c3)), 0.0, None)
+        out: FloatArray = np.maximum(self.c0 + d * (self.c1 + d * (self.c2 + d * self.c3)), 0.0)
         return out
 
     def crate_factor(self, c_rate: FloatArray) -> FloatArray:
         """C-rate stress factor, clipped at 0 [1]."""
-        out: FloatArray = np.clip(self.crate_c0 + self.crate_c1 * np.asarray(c_rate), 0.0, None)
+        out: FloatArray = np.maximum(self.crate_c0 + self.crate_c1 * np.asarray(c_rate), 0.0)
         return out
 
 
@@ -436,7 +436,7 @@ class AgeingState:
     @property
     def capacity_factor(self) -> FloatArray:
         """Remaining capacity over fresh capacity [fraction] (state of health)."""
-        out: FloatArray = np.clip(1.0 - self.q_cal - self.q_cyc, 0.0, 1.0)
+        out: FloatArray = np.minimum(np.maximum(1.0 - self.q_cal - self.q_cyc, 0.0), 1.0)
         return out
 
     @property
@@ -468,6 +468,14 @@ def _book(
         state.r_cyc, cycle_rate(params.cyc_r, depth, c_rate, temp), params.cyc_r.z, fec
     )
     return np.where(mask, q, state.q_cyc), np.where(mask, r, state.r_cyc)
+
+
+def _as_shape(values: FloatArray | float, shape: tuple[int, ...]) -> FloatArray:
+    """``values`` as float64 of ``shape`` (broadcast only when needed)."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.shape != shape:
+        a = np.broadcast_to(a, shape)
+    return a
 
 
 def update(
@@ -506,9 +514,9 @@ def update(
     if dt_s < 0:
         raise ValueError(f"dt_s must be >= 0, got {dt_s}")
     soc = np.asarray(soc, dtype=np.float64)
-    temp = np.broadcast_to(np.asarray(temperature_degc, dtype=np.float64), soc.shape)
-    cur = np.broadcast_to(np.asarray(current_a, dtype=np.float64), soc.shape)
-    cap = np.broadcast_to(np.asarray(capacity_ah, dtype=np.float64), soc.shape)
+    temp = _as_shape(temperature_degc, soc.shape)
+    cur = _as_shape(current_a, soc.shape)
+    cap = _as_shape(capacity_ah, soc.shape)
     days = dt_s / SECONDS_PER_DAY
 
     # Calendar parts.

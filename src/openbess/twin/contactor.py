@@ -151,7 +151,7 @@ class Contactor:
             Unknown command.
         """
         try:
-            c = ContactorCommand(cmd)
+            c = cmd if type(cmd) is ContactorCommand else ContactorCommand(cmd)
         except ValueError:
             known = ", ".join(k.value for k in ContactorCommand)
             raise ValueError(f"unknown contactor command {cmd!r}; known: {known}") from None

@@ -388,6 +388,113 @@ def convert(
     return Conversion(current_a=current, ac_power_w=ac, loss_w=loss, dc_power_w=pdc)
 
 
+def convert_scalar(
+    setpoint_ac_w: float,
+    charge_current_limit_a: float,
+    discharge_current_limit_a: float,
+    contactor_closed: bool,
+    e_v: float,
+    r_ohm: float,
+    params: ConverterParams,
+    previous_ac_w: float = 0.0,
+    dt_s: float = math.inf,
+) -> tuple[float, float, float, float]:
+    """:func:`convert` for one converter, in plain floats (the same numbers, ~20x faster).
+
+    Parameters
+    ----------
+    setpoint_ac_w : float
+        Requested AC power [W], positive = discharge.
+    charge_current_limit_a, discharge_current_limit_a : float
+        BMS current caps [A], magnitudes >= 0.
+    contactor_closed : bool
+        Main contactor state.
+    e_v : float
+        Pack Thevenin source voltage [V], > 0 while the contactor is closed.
+    r_ohm : float
+        Pack Thevenin resistance [ohm], >= 0.
+    params : ConverterParams
+        The converter.
+    previous_ac_w : float
+        Operating AC power of the previous step [W], the ramp's start.
+    dt_s : float
+        Time since the previous step [s], >= 0.
+
+    Returns
+    -------
+    tuple of float
+        ``(current_a, ac_power_w, loss_w, dc_power_w)`` as :func:`convert` returns them.
+
+    Raises
+    ------
+    ValueError
+        As :func:`convert`.
+    """
+    sp = float(setpoint_ac_w)
+    ccl = float(charge_current_limit_a)
+    dcl = float(discharge_current_limit_a)
+    e = float(e_v)
+    r = float(r_ohm)
+    prev = float(previous_ac_w)
+    closed = bool(contactor_closed)
+    if math.isnan(sp + ccl + dcl + e + r + prev):  # a NaN, or infinities of both signs
+        for name, value in (
+            ("setpoint_ac_w", sp),
+            ("charge_current_limit_a", ccl),
+            ("discharge_current_limit_a", dcl),
+            ("e_v", e),
+            ("r_ohm", r),
+            ("previous_ac_w", prev),
+        ):
+            if math.isnan(value):
+                raise ValueError(f"{name} must not be NaN")
+    if ccl < 0.0 or dcl < 0.0:
+        raise ValueError("current limits are magnitudes and must be >= 0")
+    if r < 0.0:
+        raise ValueError("r_ohm must be >= 0")
+    if closed and not e > 0.0:
+        raise ValueError("e_v must be > 0 while the contactor is closed")
+    if math.isnan(dt_s) or dt_s < 0.0:
+        raise ValueError(f"dt_s must be >= 0, got {dt_s!r}")
+
+    p_chg, p_dis = params.max_charge_power_w, params.max_discharge_power_w
+    target = min(max(sp, -p_chg), p_dis)
+    if math.isfinite(params.ramp_rate_w_per_s) and math.isfinite(dt_s):
+        step = params.ramp_rate_w_per_s * dt_s
+        target = min(max(target, prev - step), prev + step)
+        target = min(max(target, -p_chg), p_dis)
+    standby = -params.standby_w
+    if not closed or not abs(target) > params.deadband_w:
+        return 0.0, standby, 0.0 - standby, 0.0
+    p0, k1, k2 = params.no_load_loss_w, params.linear_loss_fraction, params.quadratic_loss_per_w
+    p = abs(target)
+    pdc_wanted = target + (p0 + k1 * p + k2 * (p * p))
+    disc = e * e - 4.0 * r * pdc_wanted
+    if disc >= 0.0:
+        current = 2.0 * pdc_wanted / (e + math.sqrt(disc))
+    else:
+        current = e / (2.0 * max(r, 1e-300))
+    current = min(max(current, -ccl), dcl)
+    if current == 0.0:
+        return 0.0, standby, 0.0 - standby, 0.0
+    pdc = (e - r * current) * current
+    if pdc == pdc_wanted or (
+        abs(pdc - pdc_wanted) <= 1e-9 + 1e-12 * abs(pdc_wanted) and math.isfinite(pdc_wanted)
+    ):  # numpy.isclose(pdc, pdc_wanted, rtol=1e-12, atol=1e-9)
+        ac = target
+    else:
+        c = pdc - p0
+        if c >= 0.0:
+            ac = 2.0 * c / ((1.0 + k1) + math.sqrt((1.0 + k1) ** 2 + 4.0 * k2 * c))
+        else:
+            neg = -c
+            rad = max((1.0 - k1) ** 2 - 4.0 * k2 * neg, 0.0)
+            ac = -(2.0 * neg / ((1.0 - k1) + math.sqrt(rad)))
+    if not (ac * target > 0.0 and current * target > 0.0):
+        return 0.0, standby, 0.0 - standby, 0.0
+    return current, ac, pdc - ac, pdc
+
+
 def ac_power_limits_w(
     e_v: float,
     r_ohm: float,
@@ -510,7 +617,7 @@ class Converter:
         Conversion
             Floats: current [A], AC power [W], loss [W], DC power [W].
         """
-        out = convert(
+        current, ac, loss, pdc = convert_scalar(
             setpoint_ac_w,
             charge_current_limit_a,
             discharge_current_limit_a,
@@ -521,12 +628,5 @@ class Converter:
             self.operating_ac_w,
             dt_s,
         )
-        current = float(out.current_a)
-        ac = float(out.ac_power_w)
         self.operating_ac_w = ac if current != 0.0 else 0.0
-        return Conversion(
-            current_a=current,
-            ac_power_w=ac,
-            loss_w=float(out.loss_w),
-            dc_power_w=float(out.dc_power_w),
-        )
+        return Conversion(current_a=current, ac_power_w=ac, loss_w=loss, dc_power_w=pdc)

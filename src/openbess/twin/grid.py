@@ -143,6 +143,32 @@ class GridConnection:
             export_excess_w=np.maximum(-grid - self.export_limit_w, 0.0),
         )
 
+    def balance_w(self, load_w: float, pv_w: float, battery_ac_w: float) -> tuple[float, float]:
+        """:meth:`balance` for one instant, in plain floats (the same numbers, much faster).
+
+        Parameters
+        ----------
+        load_w : float
+            Building load [W], >= 0.
+        pv_w : float
+            Available PV power [W], >= 0.
+        battery_ac_w : float
+            Battery AC power [W], positive = discharge.
+
+        Returns
+        -------
+        tuple of float
+            Grid power [W] (positive = import, after curtailment) and PV power used [W].
+        """
+        load = float(load_w)
+        batt = float(battery_ac_w)
+        pv = max(float(pv_w), 0.0)
+        if math.isfinite(self.export_limit_w):
+            pv_used = min(max(load - batt + self.export_limit_w, 0.0), pv)
+        else:
+            pv_used = pv
+        return load - pv_used - batt, pv_used
+
 
 class Tariff:
     """Import and export prices from a day-ahead spot series.

@@ -799,6 +799,303 @@ def default_ageing(params: CellParams, capacity_bol_ah: FloatArray, soc: FloatAr
     return CellAgeing.from_cell(params, capacity_bol_ah, soc)
 
 
+@ecm.jit
+def _cells_kernel(
+    coef_cells: FloatArray,
+    n_soc: int,
+    row_offset: IntArray,
+    ft: FloatArray,
+    energy_coef: FloatArray,
+    soc0: FloatArray,
+    v_rc0: FloatArray,
+    h0: FloatArray,
+    cell_i: FloatArray,
+    dt_s: float,
+    capacity_ah: FloatArray,
+    r_scale: FloatArray,
+    leak_a: FloatArray,
+    eta_t: FloatArray,
+    decay: FloatArray,
+    weight: FloatArray,
+    hysteresis_rate: float,
+    e0: FloatArray,
+    bleed_a: FloatArray,
+    has_bleed: bool,
+    n_series: int,
+    out: FloatArray,
+    v_rc1: FloatArray,
+    look1: FloatArray,
+    dc_out_j: FloatArray,
+    cell_heat_j: FloatArray,
+    self_discharge_j: FloatArray,
+    bleed_j: FloatArray,
+    heat_pending_j: FloatArray,
+    v_min_seen: FloatArray,
+    v_max_seen: FloatArray,
+    strings: FloatArray,
+    totals: FloatArray,
+) -> None:
+    """The cells' step (:func:`openbess.cell.ecm.step_compiled`'s kernel) and its bookkeeping.
+
+    As the numpy path of :meth:`Pack.step`: the leak energy is split between the bleed
+    resistors and the cells, the energy terms and the heat released in the cells are
+    accumulated, the seen voltage extremes updated. ``strings`` receives per string (rows) the
+    end terminal voltage, Thevenin source voltage and resistance; ``totals`` the pack's
+    terminal energy, cell heat, self-discharge and bleed energy of the step [J].
+    """
+    ecm._step_kernel(
+        coef_cells,
+        n_soc,
+        row_offset,
+        ft,
+        energy_coef,
+        soc0,
+        v_rc0,
+        h0,
+        cell_i,
+        dt_s,
+        capacity_ah,
+        r_scale,
+        leak_a,
+        eta_t,
+        decay,
+        weight,
+        hysteresis_rate,
+        e0,
+        out,
+        v_rc1,
+        look1,
+    )
+    n = soc0.shape[0]
+    strings[:, :] = 0.0
+    totals[:] = 0.0
+    for k in range(n):
+        terminal = out[2, k]
+        heat = out[3, k]
+        leak = out[4, k]
+        if has_bleed:
+            bleed = leak * (bleed_a[k] / max(leak_a[k], 1e-300))
+            sd = leak - bleed
+            bleed_j[k] += bleed
+            totals[3] += bleed
+        else:
+            sd = leak
+        heat_pending_j[k] += heat + sd
+        dc_out_j[k] += terminal
+        cell_heat_j[k] += heat
+        self_discharge_j[k] += sd
+        v = out[8, k]
+        v_min_seen[k] = min(v_min_seen[k], v)
+        v_max_seen[k] = max(v_max_seen[k], v)
+        s = k // n_series
+        strings[0, s] += v
+        strings[1, s] += out[6, k]
+        strings[2, s] += out[7, k]
+        totals[0] += terminal
+        totals[1] += heat
+        totals[2] += sd
+
+
+@ecm.jit
+def _thermal_kernel(
+    temp0: FloatArray,
+    heat_j: FloatArray,
+    duration_s: float,
+    g_coolant: FloatArray,
+    ua_module_safe: FloatArray,
+    coolant_matrix: FloatArray,
+    inlet_weight: FloatArray,
+    inlet_degc: float,
+    ambient_degc: float,
+    cells_per_module: int,
+    w_coolant: FloatArray,
+    w_ambient: FloatArray,
+    inv_power_conductance: FloatArray,
+    decay: FloatArray,
+    mean_fraction: FloatArray,
+    gc_dt: FloatArray,
+    ga_dt: FloatArray,
+    soc: FloatArray,
+    ecm_temperature: FloatArray,
+    t1: FloatArray,
+    coolant_module: FloatArray,
+    to_coolant_j: FloatArray,
+    to_ambient_j: FloatArray,
+    win_temp_ks: FloatArray,
+    win_soc_s: FloatArray,
+) -> tuple[float, float, float]:
+    """:meth:`Pack._thermal_update`'s numpy path in one loop (same arithmetic).
+
+    Returns the lowest and highest new temperature and the largest distance of the new
+    temperatures from ``ecm_temperature`` [K].
+    """
+    ns, m = ua_module_safe.shape
+    t_module = np.empty(m)
+    for s in range(ns):
+        for j in range(m):
+            acc = 0.0
+            base = (s * m + j) * cells_per_module
+            for c in range(cells_per_module):
+                acc += g_coolant[base + c] * temp0[base + c]
+            t_module[j] = acc / ua_module_safe[s, j]
+        for j in range(m):
+            acc = 0.0
+            for q in range(m):
+                acc += coolant_matrix[s, j, q] * t_module[q]
+            coolant_module[s, j] = acc + inlet_weight[s, j] * inlet_degc
+    t_min = math.inf
+    t_max = -math.inf
+    drift = 0.0
+    for k in range(temp0.shape[0]):
+        g = k // cells_per_module
+        tc = coolant_module[g // m, g % m]
+        t_inf = w_coolant[k] * tc + w_ambient[k] * ambient_degc
+        t_inf += heat_j[k] * inv_power_conductance[k]
+        delta0 = temp0[k] - t_inf
+        t_mean = t_inf + delta0 * mean_fraction[k]
+        t_new = t_inf + delta0 * decay[k]
+        t1[k] = t_new
+        to_coolant_j[k] += gc_dt[k] * (t_mean - tc)
+        to_ambient_j[k] += ga_dt[k] * (t_mean - ambient_degc)
+        win_temp_ks[k] += temp0[k] * duration_s
+        win_soc_s[k] += soc[k] * duration_s
+        t_min = min(t_min, t_new)
+        t_max = max(t_max, t_new)
+        drift = max(drift, abs(t_new - ecm_temperature[k]))
+    return t_min, t_max, drift
+
+
+@ecm.jit
+def _pack_kernel(
+    coef_cells: FloatArray,
+    n_soc: int,
+    row_offset: IntArray,
+    ft: FloatArray,
+    energy_coef: FloatArray,
+    soc0: FloatArray,
+    v_rc0: FloatArray,
+    h0: FloatArray,
+    cell_i: FloatArray,
+    dt_s: float,
+    capacity_ah: FloatArray,
+    r_scale: FloatArray,
+    leak_a: FloatArray,
+    eta_t: FloatArray,
+    decay: FloatArray,
+    weight: FloatArray,
+    hysteresis_rate: float,
+    e0: FloatArray,
+    bleed_a: FloatArray,
+    has_bleed: bool,
+    n_series: int,
+    out: FloatArray,
+    v_rc1: FloatArray,
+    look1: FloatArray,
+    dc_out_j: FloatArray,
+    cell_heat_j: FloatArray,
+    self_discharge_j: FloatArray,
+    bleed_j: FloatArray,
+    heat_pending_j: FloatArray,
+    v_min_seen: FloatArray,
+    v_max_seen: FloatArray,
+    strings: FloatArray,
+    totals: FloatArray,
+    thermal_s: float,
+    temp0: FloatArray,
+    g_coolant: FloatArray,
+    ua_module_safe: FloatArray,
+    coolant_matrix: FloatArray,
+    inlet_weight: FloatArray,
+    inlet_degc: float,
+    ambient_degc: float,
+    cells_per_module: int,
+    w_coolant: FloatArray,
+    w_ambient: FloatArray,
+    inv_power_conductance: FloatArray,
+    t_decay: FloatArray,
+    mean_fraction: FloatArray,
+    gc_dt: FloatArray,
+    ga_dt: FloatArray,
+    ecm_temperature: FloatArray,
+    t1: FloatArray,
+    coolant_module: FloatArray,
+    to_coolant_j: FloatArray,
+    to_ambient_j: FloatArray,
+    win_temp_ks: FloatArray,
+    win_soc_s: FloatArray,
+) -> None:
+    """:func:`_cells_kernel`, then (``thermal_s > 0``) :func:`_thermal_kernel` over
+    ``thermal_s`` with the pending heat, which is then cleared; ``totals[4:7]`` receive the
+    thermal kernel's results. One call instead of two."""
+    _cells_kernel(
+        coef_cells,
+        n_soc,
+        row_offset,
+        ft,
+        energy_coef,
+        soc0,
+        v_rc0,
+        h0,
+        cell_i,
+        dt_s,
+        capacity_ah,
+        r_scale,
+        leak_a,
+        eta_t,
+        decay,
+        weight,
+        hysteresis_rate,
+        e0,
+        bleed_a,
+        has_bleed,
+        n_series,
+        out,
+        v_rc1,
+        look1,
+        dc_out_j,
+        cell_heat_j,
+        self_discharge_j,
+        bleed_j,
+        heat_pending_j,
+        v_min_seen,
+        v_max_seen,
+        strings,
+        totals,
+    )
+    if thermal_s > 0.0:
+        t_min, t_max, drift = _thermal_kernel(
+            temp0,
+            heat_pending_j,
+            thermal_s,
+            g_coolant,
+            ua_module_safe,
+            coolant_matrix,
+            inlet_weight,
+            inlet_degc,
+            ambient_degc,
+            cells_per_module,
+            w_coolant,
+            w_ambient,
+            inv_power_conductance,
+            t_decay,
+            mean_fraction,
+            gc_dt,
+            ga_dt,
+            out[0],
+            ecm_temperature,
+            t1,
+            coolant_module,
+            to_coolant_j,
+            to_ambient_j,
+            win_temp_ks,
+            win_soc_s,
+        )
+        heat_pending_j[:] = 0.0
+        totals[4] = t_min
+        totals[5] = t_max
+        totals[6] = drift
+
+
 class _MemoCellModel(ecm.CellModel):
     """CellModel that remembers its last lookups, keyed on the input arrays' identity.
 
@@ -806,23 +1103,32 @@ class _MemoCellModel(ecm.CellModel):
     :func:`openbess.cell.ecm.step`, the pack's Thevenin equivalent before the next step and the
     start-of-step lookup of that step are all at the same (SoC, temperature) arrays as long as
     the temperature handed to the ECM is not refreshed, so one lookup serves all three; the
-    temperature-only lookups (RC time constants, coulombic efficiency) are reused until the
-    temperature array is refreshed. The pack
-    never modifies these arrays in place (ecm.step replaces ``state.soc``), and calls
-    :meth:`forget` whenever it changes anything else.
+    temperature-only lookups (interpolation weights, RC factors, coulombic efficiency) are
+    reused until the temperature array is refreshed, and the gathered grid cells while no
+    cell's SoC crosses a grid node. The pack never modifies these arrays in place (ecm.step
+    replaces ``state.soc``), and calls :meth:`forget` whenever it changes anything else.
     """
 
     def __init__(self, params: CellParams) -> None:
         super().__init__(params)
-        self._memo: tuple[FloatArray, FloatArray, FloatArray] | None = None
-        self._tau_memo: tuple[FloatArray, FloatArray] | None = None
-        self._eta_memo: tuple[FloatArray, FloatArray] | None = None
+        self.forget()
 
     def forget(self) -> None:
         """Drop the remembered lookups."""
-        self._memo = None
-        self._tau_memo = None
-        self._eta_memo = None
+        self._memo: tuple[FloatArray, FloatArray, FloatArray] | None = None
+        self._weights_memo: tuple[FloatArray, IntArray, FloatArray] | None = None
+        self._cells_memo: tuple[FloatArray, IntArray, FloatArray, FloatArray] | None = None
+        self._tau_memo: tuple[FloatArray, FloatArray] | None = None
+        self._decay_memo: tuple[FloatArray, float, FloatArray, FloatArray] | None = None
+        self._eta_memo: tuple[FloatArray, FloatArray] | None = None
+
+    def _temperature_weights(self, temperature_degc: FloatArray) -> tuple[IntArray, FloatArray]:
+        memo = self._weights_memo
+        if memo is not None and memo[0] is temperature_degc:
+            return memo[1], memo[2]
+        jb, ft = super()._temperature_weights(temperature_degc)
+        self._weights_memo = (temperature_degc, jb, ft)
+        return jb, ft
 
     def rc_tau(self, temperature_degc: FloatArray) -> FloatArray:
         """RC time constants (see :meth:`openbess.cell.ecm.CellModel.rc_tau`), remembered."""
@@ -833,6 +1139,15 @@ class _MemoCellModel(ecm.CellModel):
         self._tau_memo = (temperature_degc, out)
         return out
 
+    def rc_decay(self, temperature_degc: FloatArray, dt_s: float) -> tuple[FloatArray, FloatArray]:
+        """RC factors (see :meth:`openbess.cell.ecm.CellModel.rc_decay`), remembered."""
+        memo = self._decay_memo
+        if memo is not None and memo[0] is temperature_degc and memo[1] == dt_s:
+            return memo[2], memo[3]
+        decay, weight = super().rc_decay(temperature_degc, dt_s)
+        self._decay_memo = (temperature_degc, dt_s, decay, weight)
+        return decay, weight
+
     def coulombic_efficiency(self, temperature_degc: FloatArray) -> FloatArray:
         """Charge efficiency (see :meth:`openbess.cell.ecm.CellModel.coulombic_efficiency`)."""
         memo = self._eta_memo
@@ -842,12 +1157,35 @@ class _MemoCellModel(ecm.CellModel):
         self._eta_memo = (temperature_degc, out)
         return out
 
-    def tables(self, soc: FloatArray, temperature_degc: FloatArray) -> FloatArray:
-        """Interpolate every table (see :meth:`openbess.cell.ecm.CellModel.tables`)."""
+    def remember(self, soc: FloatArray, temperature_degc: FloatArray, values: FloatArray) -> None:
+        """Keep a lookup computed elsewhere (the compiled step's end-of-step lookup)."""
+        self._memo = (soc, temperature_degc, values)
+
+    def lookup(self, soc: FloatArray, temperature_degc: FloatArray) -> FloatArray:
+        """Interpolate every table (see :meth:`openbess.cell.ecm.CellModel.lookup`)."""
         memo = self._memo
         if memo is not None and memo[0] is soc and memo[1] is temperature_degc:
             return memo[2]
-        out = super().tables(soc, temperature_degc)
+        i, fz = self._soc_weights(soc)
+        ft: FloatArray | None = None
+        if self._t.size == 1:
+            idx = i
+        else:
+            jb, ft = self._temperature_weights(temperature_degc)
+            idx = jb + i
+        cells = self._cells_memo
+        if (
+            cells is not None
+            and cells[0] is temperature_degc
+            and cells[1].shape == idx.shape
+            and not (cells[1] != idx).any()
+        ):
+            a, b = cells[2], cells[3]
+        else:
+            a, b = self._collapse(idx, ft)
+            self._cells_memo = (temperature_degc, idx, a, b)
+        out: FloatArray = b * fz
+        out += a
         self._memo = (soc, temperature_degc, out)
         return out
 
@@ -897,6 +1235,10 @@ class Pack:
         Simulated time between thermal updates [s]; the heat of the steps in between is
         accumulated and released evenly over the interval (exact and energy conserving; only
         the time resolution of the temperatures drops). 0: every step.
+    compiled : bool, optional
+        Step the cells with :func:`openbess.cell.ecm.step_compiled` (True) or the numpy
+        reference :func:`openbess.cell.ecm.step` (False); None: compiled when numba is
+        installed. Both give the same results to rounding.
     """
 
     def __init__(
@@ -916,6 +1258,7 @@ class Pack:
         ageing: AgeingModel | None = None,
         ecm_temperature_tolerance_k: float = 0.05,
         thermal_interval_s: float = 0.0,
+        compiled: bool | None = None,
     ) -> None:
         if not 0.0 <= initial_soc <= 1.0:
             raise ValueError(f"initial_soc must be in [0, 1], got {initial_soc!r}")
@@ -962,7 +1305,10 @@ class Pack:
         self._ecm_temperature_degc: FloatArray = self._temperature_degc.copy()
         self.ecm_temperature_tolerance_k = float(ecm_temperature_tolerance_k)
         self.thermal_interval_s = float(thermal_interval_s)
+        #: Step the cells with the compiled kernel (:func:`openbess.cell.ecm.step_compiled`).
+        self.compiled = ecm.NUMBA_AVAILABLE if compiled is None else bool(compiled)
         self._heat_pending_j: FloatArray = np.zeros(n)
+        self._cell_current_buffer: FloatArray = np.zeros(n)
         self._thermal_pending_s = 0.0
 
         # Thermal network.
@@ -1013,12 +1359,17 @@ class Pack:
         self._rc_one_minus_decay: FloatArray = np.zeros(self.group_params.n_rc)
         self._slope_dt: FloatArray = np.zeros(self._n_soc_seg + 1)
         self._string_thev_cache: tuple[FloatArray, FloatArray] | None = None
+        self._pack_thev_cache: tuple[float, float] | None = None
         self._thermal_key: tuple[float, int] | None = None
+        self._string_voltage_v: FloatArray | None = None
+        self._temperature_range: tuple[float, float] | None = None
 
         # Energy accumulators per cell [J].
         self._stored_start_j: FloatArray = self.model.stored_energy_j(
             self.state.soc, self._capacity_ah
         )
+        # Chemical energy of the present state (the next step's start) [J]; None: recompute.
+        self._stored_now_j: FloatArray | None = self._stored_start_j.copy()
         self._dc_out_j: FloatArray = np.zeros(n)
         self._cell_heat_j: FloatArray = np.zeros(n)
         self._self_discharge_j: FloatArray = np.zeros(n)
@@ -1111,16 +1462,49 @@ class Pack:
         """String currents of the last step [A] (a copy)."""
         return self._string_current_a.copy()
 
+    def _string_voltages(self) -> FloatArray:
+        sv = self._string_voltage_v
+        if sv is None:
+            sv = self._cell_voltage_v.reshape(self._ns, self._nser).sum(axis=1)
+            self._string_voltage_v = sv
+        return sv
+
     @property
     def string_voltage_v(self) -> FloatArray:
         """Terminal voltage of each string at the end of the last step [V]."""
-        out: FloatArray = self._cell_voltage_v.reshape(self._ns, self._nser).sum(axis=1)
-        return out
+        return self._string_voltages().copy()
 
     @property
     def pack_voltage_v(self) -> float:
         """Bus voltage at the end of the last step [V] (mean of the string voltages)."""
-        return float(self.string_voltage_v.mean())
+        sv = self._string_voltages()
+        return float(sv[0]) if self._ns == 1 else float(sv.sum()) / self._ns
+
+    @property
+    def cell_temperature_range_degc(self) -> tuple[float, float]:
+        """Lowest and highest cell temperature now [degC]."""
+        tr = self._temperature_range
+        if tr is None:
+            t = self._temperature_degc
+            tr = (float(t.min()), float(t.max()))
+            self._temperature_range = tr
+        return tr
+
+    def cell_temperature_at(self, cells: IntArray) -> FloatArray:
+        """Temperature of the given cells [degC] (a new array).
+
+        Parameters
+        ----------
+        cells : numpy.ndarray of int
+            Cell indices.
+
+        Returns
+        -------
+        numpy.ndarray
+            Their temperatures.
+        """
+        out: FloatArray = self._temperature_degc[cells]
+        return out
 
     @property
     def soc(self) -> float:
@@ -1141,7 +1525,14 @@ class Pack:
 
     def stored_energy_j(self) -> float:
         """Chemical energy stored in all cells now [J]."""
-        return float(self.model.stored_energy_j(self.state.soc, self._capacity_ah).sum())
+        return float(self._cell_stored_energy_j().sum())
+
+    def _cell_stored_energy_j(self) -> FloatArray:
+        now = self._stored_now_j
+        if now is None:
+            now = self.model.stored_energy_j(self.state.soc, self._capacity_ah)
+            self._stored_now_j = now
+        return now
 
     # ---------------------------------------------------------------- electrical equivalents
     def set_cell_soc(self, soc: FloatArray | float) -> None:
@@ -1161,12 +1552,19 @@ class Pack:
         self._stored_start_j = self._stored_start_j + (after - before)
         self.state.soc = new.copy()
         self.invalidate()
+        self._stored_now_j = after
 
     def invalidate(self) -> None:
         """Drop cached lookups; call after changing ``state`` or temperatures in place."""
+        self._drop_electrical_caches()
+        self._stored_now_j = None
+        self._temperature_range = None
+        self.model.forget()
+
+    def _drop_electrical_caches(self) -> None:
         self._thev_cache = None
         self._string_thev_cache = None
-        self.model.forget()
+        self._pack_thev_cache: tuple[float, float] | None = None
 
     def _cell_tables(self) -> FloatArray:
         return self.model.tables(self.state.soc, self._ecm_temperature_degc)
@@ -1221,6 +1619,7 @@ class Pack:
             e_s: FloatArray = e.reshape(self._ns, self._nser).sum(axis=1)
             r_s: FloatArray = r.reshape(self._ns, self._nser).sum(axis=1)
             self._string_thev_cache = (e_s, r_s)
+            self._pack_thev_cache = None
         return self._string_thev_cache
 
     def thevenin(self) -> tuple[float, float]:
@@ -1234,9 +1633,17 @@ class Pack:
             Source voltage ``E`` [V] and series resistance ``R`` [ohm].
         """
         e_s, r_s = self.string_thevenin()
-        g = 1.0 / r_s
-        g_sum = float(g.sum())
-        return float((e_s * g).sum()) / g_sum, 1.0 / g_sum
+        cached = self._pack_thev_cache
+        if cached is not None:
+            return cached
+        if self._ns == 1:
+            out = (float(e_s[0]), float(r_s[0]))
+        else:
+            g = 1.0 / r_s
+            g_sum = float(g.sum())
+            out = (float((e_s * g).sum()) / g_sum, 1.0 / g_sum)
+        self._pack_thev_cache = out
+        return out
 
     # ---------------------------------------------------------------- faults and cooling
     def _update_coolant_network(self) -> None:
@@ -1337,34 +1744,95 @@ class Pack:
         bus_v = e_pack - r_pack * current_a
         if ns == 1:
             string_i = np.array([float(current_a)])
+            cell_i = self._cell_current_buffer
+            cell_i.fill(current_a)  # read only by the cell step
         else:
             e_s, r_s = self._string_step_thevenin(dt_s)
             string_i, _ = share_current(float(current_a), e_s, r_s)
-        cell_i = np.repeat(string_i, nser)
+            cell_i = np.repeat(string_i, nser)
 
         # 2. Leakage: self-discharge, internal shorts, balancing bleed (at the start voltage).
         v_prev = self._cell_voltage_v
         internal_a = self._self_discharge_a
         if self._fault_key:
             internal_a = internal_a + self._short_conductance_s * np.maximum(v_prev, 0.0)
+        bleed_a: FloatArray | None = None
         if balancing is not None:
             mask = np.asarray(balancing, dtype=np.bool_)
             if mask.shape != (n,):
                 raise ValueError(f"balancing must have shape ({n},), got {mask.shape}")
             if not bleed_resistance_ohm > 0:
                 raise ValueError(f"bleed_resistance_ohm must be > 0, got {bleed_resistance_ohm!r}")
-            bleed_a = np.where(mask, np.maximum(v_prev, 0.0) / bleed_resistance_ohm, 0.0)
-            leak_a = internal_a + bleed_a
-        else:
-            bleed_a = None
-            leak_a = internal_a
+            if mask.any():  # no resistor on: exactly the same as no mask
+                bleed_a = np.where(mask, np.maximum(v_prev, 0.0) / bleed_resistance_ohm, 0.0)
+        leak_a = internal_a if bleed_a is None else internal_a + bleed_a
 
-        ecm_temp = self._ecm_temperature_degc
-        res = ecm.step(
-            self.model, self.state, cell_i, dt_s, ecm_temp, self._capacity_ah, self._r_scale, leak_a
+        # 3. Thermal, every step or every ``thermal_interval_s`` with the heat accumulated
+        # (the cells' heat of the step is added to ``_heat_pending_j``).
+        pending_s = self._thermal_pending_s + dt_s
+        due = pending_s >= self.thermal_interval_s
+        if self.compiled:  # cells and (when due) thermal in one call
+            dc_energy_j, cell_heat_j, self_discharge_j, bleed_j = self._step_compiled(
+                cell_i, dt_s, leak_a, bleed_a, pending_s if due else 0.0
+            )
+            self._thermal_pending_s = 0.0 if due else pending_s
+        else:
+            dc_energy_j, cell_heat_j, self_discharge_j, bleed_j = self._step_cells(
+                cell_i, dt_s, leak_a, bleed_a
+            )
+            self._thermal_pending_s = pending_s
+            if due:
+                self._thermal_update(self._heat_pending_j, pending_s)
+                self._heat_pending_j.fill(0.0)
+                self._thermal_pending_s = 0.0
+        self._string_current_a = string_i
+        self._current_a = float(current_a)
+
+        # 4. Ageing window (temperature and SoC are sampled by the thermal updates).
+        self._win_elapsed_s += dt_s
+        if ns == 1:
+            self._win_string_as += abs(float(current_a)) * dt_s
+        else:
+            self._win_string_as += np.abs(string_i) * dt_s
+        self.time_s += dt_s
+        if self._win_elapsed_s >= self.ageing_window_s:
+            self._apply_ageing()
+
+        string_v = self._string_voltages()
+        return PackStep(
+            current_a=float(current_a),
+            string_current_a=string_i,
+            bus_voltage_start_v=bus_v,
+            pack_voltage_v=self.pack_voltage_v,
+            string_voltage_v=string_v.copy(),
+            dc_energy_j=dc_energy_j,
+            cell_heat_j=cell_heat_j,
+            self_discharge_j=self_discharge_j,
+            bleed_j=bleed_j,
         )
-        self._thev_cache = None
-        self._string_thev_cache = None
+
+    def _step_cells(
+        self, cell_i: FloatArray, dt_s: float, leak_a: FloatArray, bleed_a: FloatArray | None
+    ) -> tuple[float, float, float, float]:
+        """Step the cells with :func:`openbess.cell.ecm.step` (the numpy reference) and book
+        the energy terms; return the pack's terminal energy, cell heat, self-discharge and
+        bleed energy of the step [J]."""
+        res = ecm.step(
+            self.model,
+            self.state,
+            cell_i,
+            dt_s,
+            self._ecm_temperature_degc,
+            self._capacity_ah,
+            self._r_scale,
+            leak_a,
+            stored_energy_start_j=self._cell_stored_energy_j(),
+        )
+        self._stored_now_j = res.stored_energy_end_j
+        self._drop_electrical_caches()
+        if res.source_voltage_end_v is not None and res.resistance_end_ohm is not None:
+            # The end-of-step Thevenin equivalent, valid while the ECM temperature is held.
+            self._thev_cache = (res.source_voltage_end_v, res.resistance_end_ohm)
 
         # Split the leak energy between the bleed resistors and the cells (proportional to the
         # currents: the leak draws energy linearly in its current).
@@ -1376,66 +1844,122 @@ class Pack:
         else:
             bleed_j = None
             sd_j = res.leak_energy_j
-
-        # 3. Thermal, every step or every ``thermal_interval_s`` with the heat accumulated.
-        heat_in_cell = res.heat_j + sd_j
-        if self.thermal_interval_s <= 0.0:
-            self._thermal_update(heat_in_cell, dt_s)
-        else:
-            self._heat_pending_j += heat_in_cell
-            self._thermal_pending_s += dt_s
-            if self._thermal_pending_s >= self.thermal_interval_s:
-                self._thermal_update(self._heat_pending_j, self._thermal_pending_s)
-                self._heat_pending_j = np.zeros(n)
-                self._thermal_pending_s = 0.0
-
-        # 4. Accumulate energy terms.
+        self._heat_pending_j += res.heat_j + sd_j
         self._dc_out_j += res.terminal_energy_j
         self._cell_heat_j += res.heat_j
         self._self_discharge_j += sd_j
 
         v = res.voltage_v
         self._cell_voltage_v = v
+        self._string_voltage_v = None
         np.minimum(self._v_min_seen, v, out=self._v_min_seen)
         np.maximum(self._v_max_seen, v, out=self._v_max_seen)
-        self._string_current_a = string_i
-        self._current_a = float(current_a)
-
-        # 5. Ageing window (temperature and SoC are sampled by the thermal updates).
-        self._win_elapsed_s += dt_s
-        self._win_string_as += np.abs(string_i) * dt_s
-        self.time_s += dt_s
-        if self._win_elapsed_s >= self.ageing_window_s:
-            self._apply_ageing()
-
-        string_v = v.reshape(ns, nser).sum(axis=1)
-        return PackStep(
-            current_a=float(current_a),
-            string_current_a=string_i,
-            bus_voltage_start_v=bus_v,
-            pack_voltage_v=float(string_v.mean()),
-            string_voltage_v=string_v,
-            dc_energy_j=float(res.terminal_energy_j.sum()),
-            cell_heat_j=float(res.heat_j.sum()),
-            self_discharge_j=float(sd_j.sum()),
-            bleed_j=0.0 if bleed_j is None else float(bleed_j.sum()),
+        return (
+            float(res.terminal_energy_j.sum()),
+            float(res.heat_j.sum()),
+            float(sd_j.sum()),
+            0.0 if bleed_j is None else float(bleed_j.sum()),
         )
 
-    def _thermal_update(self, heat_j: FloatArray, duration_s: float) -> None:
-        """Advance the cell temperatures by ``duration_s`` with ``heat_j`` released evenly."""
-        ns = self._ns
-        temp0 = self._temperature_degc
-        # Coolant along the flow path, from the start temperatures.
-        inlet = self._coolant_inlet_degc()
-        gt = (self._g_coolant * temp0).reshape(ns, self.topology.modules_per_string, -1)
-        t_module = gt.sum(axis=2) / self._ua_module_safe
-        self._coolant_module_degc = (
-            np.matmul(self._coolant_matrix, t_module[:, :, None])[:, :, 0]
-            + self._coolant_inlet_weight * inlet
+    def _step_compiled(
+        self,
+        cell_i: FloatArray,
+        dt_s: float,
+        leak_a: FloatArray,
+        bleed_a: FloatArray | None,
+        thermal_s: float,
+    ) -> list[float]:
+        """:meth:`_step_cells` and (``thermal_s > 0``) :meth:`_thermal_update` over
+        ``thermal_s`` with the pending heat, in one compiled call (same arithmetic); returns
+        the pack's terminal energy, cell heat, self-discharge and bleed energy of the step."""
+        n, ns = self._n, self._ns
+        model = self.model
+        temp = self._ecm_temperature_degc
+        state = self.state
+        row_offset, ft = model.kernel_weights(temp)
+        decay, weight = model.rc_decay(temp, dt_s)
+        n_rc = decay.shape[0]
+        block = np.empty((10 + n_rc + model.n_tables, n))
+        out, v_rc1, look1 = block[:9], block[9 : 9 + n_rc], block[9 + n_rc :]
+        strings = np.empty((3, ns))
+        totals = np.empty(7)
+        thermal = self._thermal_coefficients(thermal_s if thermal_s > 0.0 else dt_s)
+        coolant = np.empty((ns, self.topology.modules_per_string))
+        _pack_kernel(
+            model._coef_cells,
+            model._ns,
+            row_offset,
+            ft,
+            model._energy_coef,
+            state.soc,
+            state.v_rc,
+            state.hysteresis,
+            cell_i,
+            float(dt_s),
+            self._capacity_ah,
+            self._r_scale,
+            leak_a,
+            model.coulombic_efficiency(temp),
+            decay,
+            weight,
+            float(model.params.hysteresis_rate),
+            self._cell_stored_energy_j(),
+            leak_a if bleed_a is None else bleed_a,
+            bleed_a is not None,
+            self._nser,
+            out,
+            v_rc1,
+            look1,
+            self._dc_out_j,
+            self._cell_heat_j,
+            self._self_discharge_j,
+            self._bleed_j,
+            self._heat_pending_j,
+            self._v_min_seen,
+            self._v_max_seen,
+            strings,
+            totals,
+            float(thermal_s),
+            self._temperature_degc,
+            self._g_coolant,
+            self._ua_module_safe,
+            self._coolant_matrix,
+            self._coolant_inlet_weight,
+            self._coolant_inlet_degc(),
+            self.ambient_degc,
+            self.topology.cells_series_per_module,
+            thermal.w_coolant,
+            thermal.w_ambient,
+            thermal.inv_power_conductance,
+            thermal.decay,
+            thermal.mean_fraction,
+            thermal.gc_dt,
+            thermal.ga_dt,
+            temp,
+            block[-1],
+            coolant,
+            self._to_coolant_j,
+            self._to_ambient_j,
+            self._win_temp_ks,
+            self._win_soc_s,
         )
-        coolant_cell = np.repeat(
-            self._coolant_module_degc.ravel(), self.topology.cells_series_per_module
-        )
+        soc1 = out[0]
+        state.soc = soc1
+        state.hysteresis = out[1]
+        state.v_rc = v_rc1
+        model.remember(soc1, temp, look1)
+        self._stored_now_j = out[5]
+        self._cell_voltage_v = out[8]
+        self._thev_cache = (out[6], out[7])
+        self._string_thev_cache = (strings[1], strings[2])
+        self._pack_thev_cache = None
+        self._string_voltage_v = strings[0]
+        values: list[float] = totals.tolist()
+        if thermal_s > 0.0:
+            self._thermal_done(block[-1], coolant, values[4], values[5], values[6], thermal_s)
+        return values[:4]
+
+    def _thermal_coefficients(self, duration_s: float) -> ThermalCoefficients:
         key = (duration_s, self._thermal_version)
         thermal = self._thermal
         if thermal is None or self._thermal_key != key:
@@ -1444,16 +1968,91 @@ class Pack:
             )
             self._thermal = thermal
             self._thermal_key = key
+        return thermal
+
+    def _thermal_done(
+        self,
+        t1: FloatArray,
+        coolant: FloatArray,
+        t_min: float,
+        t_max: float,
+        drift: float,
+        duration_s: float,
+    ) -> None:
+        """Take the compiled thermal update's results."""
+        self._temperature_degc = t1
+        self._coolant_module_degc = coolant
+        self._temperature_range = (t_min, t_max)
+        self._win_sampled_s += duration_s
+        if drift > self.ecm_temperature_tolerance_k:
+            self._ecm_temperature_degc = t1.copy()
+            self._drop_electrical_caches()
+
+    def _thermal_update(self, heat_j: FloatArray, duration_s: float) -> None:
+        """Advance the cell temperatures by ``duration_s`` with ``heat_j`` released evenly."""
+        thermal = self._thermal_coefficients(duration_s)
+        if not self.compiled:
+            self._thermal_update_numpy(thermal, heat_j, duration_s)
+            return
+        t1 = np.empty(self._n)
+        coolant = np.empty((self._ns, self.topology.modules_per_string))
+        t_min, t_max, drift = _thermal_kernel(
+            self._temperature_degc,
+            heat_j,
+            float(duration_s),
+            self._g_coolant,
+            self._ua_module_safe,
+            self._coolant_matrix,
+            self._coolant_inlet_weight,
+            self._coolant_inlet_degc(),
+            self.ambient_degc,
+            self.topology.cells_series_per_module,
+            thermal.w_coolant,
+            thermal.w_ambient,
+            thermal.inv_power_conductance,
+            thermal.decay,
+            thermal.mean_fraction,
+            thermal.gc_dt,
+            thermal.ga_dt,
+            self.state.soc,
+            self._ecm_temperature_degc,
+            t1,
+            coolant,
+            self._to_coolant_j,
+            self._to_ambient_j,
+            self._win_temp_ks,
+            self._win_soc_s,
+        )
+        self._thermal_done(t1, coolant, t_min, t_max, drift, duration_s)
+
+    def _thermal_update_numpy(
+        self, thermal: ThermalCoefficients, heat_j: FloatArray, duration_s: float
+    ) -> None:
+        """The numpy reference of :meth:`_thermal_update`."""
+        ns = self._ns
+        temp0 = self._temperature_degc
+        # Coolant along the flow path, from the start temperatures.
+        inlet = self._coolant_inlet_degc()
+        gt = (self._g_coolant * temp0).reshape(ns, self.topology.modules_per_string, -1)
+        t_module = gt.sum(axis=2) / self._ua_module_safe
+        coolant = np.matmul(self._coolant_matrix, t_module[:, :, None])[:, :, 0]
+        coolant += self._coolant_inlet_weight * inlet
+        self._coolant_module_degc = coolant
+        coolant_cell = np.repeat(coolant.ravel(), self.topology.cells_series_per_module)
         t1, q_cool, q_amb = thermal.apply(temp0, heat_j, coolant_cell, self.ambient_degc)
         self._temperature_degc = t1
+        self._temperature_range = None
         self._to_coolant_j += q_cool
         self._to_ambient_j += q_amb
         self._win_temp_ks += temp0 * duration_s
         self._win_soc_s += self.state.soc * duration_s
         self._win_sampled_s += duration_s
         ecm_temp = self._ecm_temperature_degc
-        if float(np.abs(t1 - ecm_temp).max()) > self.ecm_temperature_tolerance_k:
+        drift = t1 - ecm_temp
+        np.abs(drift, out=drift)
+        if float(drift.max()) > self.ecm_temperature_tolerance_k:
             self._ecm_temperature_degc = t1.copy()
+            self._drop_electrical_caches()
 
     # ---------------------------------------------------------------- ageing
     def _apply_ageing(self) -> None:
@@ -1501,13 +2100,15 @@ class Pack:
         growth = np.maximum(np.asarray(resistance_growth, dtype=np.float64), 0.0)
         if fade.shape != (self._n,) or growth.shape != (self._n,):
             raise ValueError(f"ageing arrays must have shape ({self._n},)")
-        e_before = self.model.stored_energy_j(self.state.soc, self._capacity_ah)
+        e_before = self._cell_stored_energy_j()
         self._capacity_ah = self.capacity_bol_ah * (1.0 - fade)
         e_after = self.model.stored_energy_j(self.state.soc, self._capacity_ah)
         self._fade_j += e_before - e_after
         self._r_growth = growth
         self._r_scale = self._r_spread * (1.0 + growth)
-        self.invalidate()
+        # The table lookups do not depend on capacity or resistance: only the equivalents go.
+        self._drop_electrical_caches()
+        self._stored_now_j = e_after
 
     # ---------------------------------------------------------------- accounting
     def energy_balance(self) -> EnergyBalance:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from openbess.cell.ecm import NUMBA_AVAILABLE, jit
 from openbess.plant import Measurements
 from openbess.twin.faults import FaultKind
 
@@ -209,6 +210,9 @@ class Sensors:
         The pack layout (gives the cell and sensor counts).
     faults : FaultInjector, optional
         Consulted at every sample.
+    compiled : bool, optional
+        Apply gain, offset, noise and quantisation in one compiled loop (True) or with numpy
+        (False); None: compiled when numba is installed. The readings are the same.
     """
 
     def __init__(
@@ -216,8 +220,11 @@ class Sensors:
         config: SensorConfig,
         topology: PackTopology,
         faults: FaultInjector | None = None,
+        compiled: bool | None = None,
     ) -> None:
         self.config = config
+        #: Use the compiled sampling loop.
+        self.compiled = NUMBA_AVAILABLE if compiled is None else bool(compiled)
         self.topology = topology
         self.faults = faults
         pos = np.asarray(config.sensor_positions(topology), dtype=np.intp)
@@ -231,6 +238,15 @@ class Sensors:
         self._held: Measurements | None = None
         self._last_sample_s = -math.inf
         self._stuck_v: dict[int, float] = {}
+        self._valid_cache: dict[int, BoolArray] = {}
+
+    def _all_valid(self, size: int) -> BoolArray:
+        """A read-only all-True flag array of ``size`` (shared between samples)."""
+        flags = self._valid_cache.get(size)
+        if flags is None:
+            flags = _readonly(np.ones(size, dtype=np.bool_))
+            self._valid_cache[size] = flags
+        return flags
 
     @property
     def n_temperature_sensors(self) -> int:
@@ -282,26 +298,33 @@ class Sensors:
         n_s = self.topology.n_strings
         z = self._rng.standard_normal(n + n_t + n_s + 2)
 
-        # Cell voltages.
-        v_true = pack.cell_voltage_v
-        v = v_true * (1.0 + cfg.voltage_gain_error) + cfg.voltage_offset_v
-        v += cfg.voltage_noise_v * z[:n]
-        v = quantise(v, cfg.voltage_quantum_v)
-        v_valid = np.ones(n, dtype=np.bool_)
-
-        # Temperatures.
-        t_true = pack.cell_temperature_degc[self.temperature_sensor_cell]
-        t = t_true + cfg.temperature_offset_degc + cfg.temperature_noise_degc * z[n : n + n_t]
-        t = quantise(t, cfg.temperature_quantum_degc)
-        t_valid = np.ones(n_t, dtype=np.bool_)
-
-        # String currents.
-        i_true = pack.string_current_a
-        i = i_true * (1.0 + cfg.current_gain_error) + cfg.current_offset_a
-        i += cfg.current_noise_a * z[n + n_t : n + n_t + n_s]
-        i_valid = np.ones(n_s, dtype=np.bool_)
+        v = pack.cell_voltage_v
+        t = pack.cell_temperature_at(self.temperature_sensor_cell)
+        i = pack.string_current_a
+        if self.compiled:
+            finite = _sample_kernel(
+                z,
+                v,
+                t,
+                i,
+                cfg.voltage_gain_error,
+                cfg.voltage_offset_v,
+                cfg.voltage_noise_v,
+                cfg.voltage_quantum_v,
+                cfg.temperature_offset_degc,
+                cfg.temperature_noise_degc,
+                cfg.temperature_quantum_degc,
+                cfg.current_gain_error,
+                cfg.current_offset_a,
+                cfg.current_noise_a,
+            )
+        else:
+            _sample_numpy(z, v, t, i, cfg)
+            finite = False  # the reference path always builds the flags
 
         # Faults.
+        v_invalid: list[int] = []
+        t_invalid: list[int] = []
         inj = self.faults
         if inj is not None and len(inj) > 0:
             for f in inj.active(time_s):
@@ -316,15 +339,16 @@ class Sensors:
                 elif f.kind is FaultKind.OPEN_WIRE:
                     k = f.target
                     c = self.topology.cells_series_per_module
-                    v_valid[k] = False
+                    v_invalid.append(k)
                     if (k + 1) % c != 0 and k + 1 < n:
                         v[k + 1] = v[k + 1] + v[k]
-                        v_valid[k + 1] = False
-                    floating = np.array([cfg.voltage_noise_v * z[k]])
+                        v_invalid.append(k + 1)
+                    # The floating input reads its noise alone (z[:n] holds noise_v * z).
+                    floating = np.array([z[k]])
                     v[k] = quantise(floating, cfg.voltage_quantum_v)[0]
                 elif f.kind is FaultKind.TEMPERATURE_SENSOR_LOST:
                     t[f.target] = np.nan
-                    t_valid[f.target] = False
+                    t_invalid.append(f.target)
                 elif f.kind is FaultKind.CURRENT_SENSOR_DRIFT:
                     i[f.target] += f.params["rate_a_per_s"] * (time_s - f.at_time_s)
             # A stuck reading thaws when its fault is cleared.
@@ -333,27 +357,132 @@ class Sensors:
                     del self._stuck_v[k]
         elif self._stuck_v:
             self._stuck_v.clear()
-        i = quantise(i, cfg.current_quantum_a)
-        v_valid &= np.isfinite(v)
-        t_valid &= np.isfinite(t)
+        if cfg.current_quantum_a > 0:
+            _quantise_inplace(i, cfg.current_quantum_a)
+        if finite and not v_invalid and not t_invalid:
+            # Every reading valid: share the read-only all-True flags (no copy per sample).
+            v_valid, t_valid = self._all_valid(n), self._all_valid(n_t)
+        else:
+            v_valid = np.isfinite(v)
+            v_valid[v_invalid] = False
+            t_valid = np.isfinite(t)
+            t_valid[t_invalid] = False
+            _readonly(v_valid)
+            _readonly(t_valid)
 
-        pack_v = pack.pack_voltage_v + cfg.pack_voltage_noise_v * z[-2]
+        pack_voltage_v = pack.pack_voltage_v
+        pack_v = pack_voltage_v + cfg.pack_voltage_noise_v * float(z[-2])
         if contactor is None:
             closed = True
-            bus_v = pack.pack_voltage_v + cfg.pack_voltage_noise_v * z[-1]
+            bus_v = pack_voltage_v + cfg.pack_voltage_noise_v * float(z[-1])
         else:
             closed = contactor.aux_closed
-            bus_v = contactor.bus_voltage_v + cfg.pack_voltage_noise_v * z[-1]
+            bus_v = contactor.bus_voltage_v + cfg.pack_voltage_noise_v * float(z[-1])
         return Measurements(
             time_s=time_s,
             cell_voltage_v=_readonly(v),
-            cell_voltage_valid=_readonly(v_valid),
+            cell_voltage_valid=v_valid,
             cell_temperature_degc=_readonly(t),
-            cell_temperature_valid=_readonly(t_valid),
+            cell_temperature_valid=t_valid,
             temperature_sensor_cell=self.temperature_sensor_cell,
             string_current_a=_readonly(i),
-            string_current_valid=_readonly(i_valid),
+            string_current_valid=self._all_valid(n_s),
             pack_voltage_v=float(pack_v),
             contactor_closed=bool(closed),
             bus_voltage_v=float(bus_v),
         )
+
+
+def _quantise_inplace(values: FloatArray, quantum: float) -> None:
+    """:func:`quantise` in place (the same numbers)."""
+    if quantum > 0:
+        np.divide(values, quantum, out=values)
+        np.rint(values, out=values)
+        values *= quantum
+
+
+def _sample_numpy(
+    z: FloatArray, v: FloatArray, t: FloatArray, i: FloatArray, cfg: SensorConfig
+) -> None:
+    """Gain, offset, noise and quantisation of the readings, in place (numpy reference).
+
+    ``z`` holds standard normal draws for the cells, the temperature sensors and the strings,
+    in that order; those are scaled in place to the noise added (the open-wire fault reads it).
+    Gain and offset are skipped when zero (``x * 1.0 + 0.0 == x``).
+    """
+    n, n_t, n_s = v.size, t.size, i.size
+    if cfg.voltage_gain_error != 0.0:
+        v *= 1.0 + cfg.voltage_gain_error
+    if cfg.voltage_offset_v != 0.0:
+        v += cfg.voltage_offset_v
+    noise = z[:n]
+    noise *= cfg.voltage_noise_v
+    v += noise
+    _quantise_inplace(v, cfg.voltage_quantum_v)
+    if cfg.temperature_offset_degc != 0.0:
+        t += cfg.temperature_offset_degc
+    noise = z[n : n + n_t]
+    noise *= cfg.temperature_noise_degc
+    t += noise
+    _quantise_inplace(t, cfg.temperature_quantum_degc)
+    if cfg.current_gain_error != 0.0:
+        i *= 1.0 + cfg.current_gain_error
+    if cfg.current_offset_a != 0.0:
+        i += cfg.current_offset_a
+    noise = z[n + n_t : n + n_t + n_s]
+    noise *= cfg.current_noise_a
+    i += noise
+
+
+@jit
+def _sample_kernel(
+    z: FloatArray,
+    v: FloatArray,
+    t: FloatArray,
+    i: FloatArray,
+    voltage_gain: float,
+    voltage_offset: float,
+    voltage_noise: float,
+    voltage_quantum: float,
+    temperature_offset: float,
+    temperature_noise: float,
+    temperature_quantum: float,
+    current_gain: float,
+    current_offset: float,
+    current_noise: float,
+) -> bool:
+    """:func:`_sample_numpy` in one loop (same arithmetic); True when every cell voltage and
+    temperature reading is finite."""
+    n, n_t, n_s = v.shape[0], t.shape[0], i.shape[0]
+    finite = True
+    for k in range(n):
+        x = v[k]
+        if voltage_gain != 0.0:
+            x *= 1.0 + voltage_gain
+        if voltage_offset != 0.0:
+            x += voltage_offset
+        z[k] *= voltage_noise
+        x += z[k]
+        if voltage_quantum > 0.0:
+            x = np.rint(x / voltage_quantum) * voltage_quantum
+        v[k] = x
+        finite = finite and math.isfinite(x)
+    for k in range(n_t):
+        x = t[k]
+        if temperature_offset != 0.0:
+            x += temperature_offset
+        z[n + k] *= temperature_noise
+        x += z[n + k]
+        if temperature_quantum > 0.0:
+            x = np.rint(x / temperature_quantum) * temperature_quantum
+        t[k] = x
+        finite = finite and math.isfinite(x)
+    for k in range(n_s):
+        x = i[k]
+        if current_gain != 0.0:
+            x *= 1.0 + current_gain
+        if current_offset != 0.0:
+            x += current_offset
+        z[n + n_t + k] *= current_noise
+        i[k] = x + z[n + n_t + k]
+    return finite

@@ -1,0 +1,1397 @@
+"""Model-based state estimation: a sigma-point Kalman filter over N cells at once.
+
+State of each cell (on the equivalent-circuit model of :mod:`openbess.cell.ecm`, no second
+model): ``x = [z, v_1 .. v_nrc, h, b]`` with ``z`` the SoC, ``v_k`` the RC-pair voltages, ``h``
+the hysteresis state (only when the parameter set has hysteresis) and ``b`` the offset of the
+current sensor [A] (bias compensation, optional). The measured current is ``i_m = (1 + g) i +
+b`` (``g`` an unknown gain error); the filter uses ``i_eff = i_m - b``.
+
+Process model (exact zero-order hold of :func:`openbess.cell.ecm.step`)::
+
+    z'   = z - eta dt / (3600 Q) * i_eff
+    v_k' = a_k v_k + (1 - a_k) R_k(z) i_eff,         a_k = exp(-dt / tau_k)
+    h'   = d h + (1 - d) (-sign(i_eff)),             d = exp(-|eta i_eff| gamma dt / (3600 Q))
+    b'   = b
+
+Measurement::
+
+    v = OCV(z, T) + M(z, T) h - R0(z, T) i_eff - sum_k v_k
+
+The process model is affine in the state except for the weak SoC dependence of the RC
+resistances, so the time update propagates mean and covariance through it exactly (with that
+dependence linearised at the mean). All the nonlinearity is in the measurement, through ``z``.
+The measurement update is the central-difference sigma-point filter (CDKF, Norgaard et al.
+2000; van der Merwe 2004) with step ``hstep = sqrt(3)``. With the Cholesky factor ``L`` of the
+covariance taken lower-triangular and ``z`` first, only the first column of ``L`` moves ``z``;
+along every other column the measurement is affine, so those sigma points need no table
+look-up and their contribution is exact in closed form::
+
+    l   = P[:, 0] / sqrt(P[0, 0])                    (first Cholesky column)
+    Y+- = h(x +- hstep l),  Y0 = h(x)                (three look-ups per cell)
+    D   = (Y+ - Y-) / (2 hstep),  S = Y+ + Y- - 2 Y0
+    y   = Y0 + S / (2 hstep^2)                       (predicted measurement)
+    Pxy = (P - l l^T) H^T + l D                      (H: the affine part, at the mean)
+    Pyy = H (P - l l^T) H^T + D^2 + (hstep^2 - 1) / (4 hstep^4) S^2 + R
+
+which is exactly the CDKF with all ``2n + 1`` sigma points. The plain EKF (``method="ekf"``)
+is the same update with an infinitesimal step (``D = dh/dz l``, ``S`` dropped), so the two
+differ only in how they linearise the OCV, hysteresis and resistance tables.
+
+Measurement noise: ``R = sigma_v^2 + sigma_model^2 * max(1, tau_model / dt)``: the model error
+of an ECM is not white (it stays for minutes), so a 1 s sampling does not give 60 times the
+information of a 60 s sampling; the factor keeps the filter from trusting a flat LFP plateau.
+Process noise of the SoC grows with charge throughput, ``(g^2 + q_cap^2) |dz|``, which covers a
+constant gain error ``g`` and a capacity error ``q_cap`` (after one full equivalent cycle the
+SoC std has grown by ``sqrt(g^2 + q_cap^2)``).
+
+Also here: capacity and resistance estimation with their uncertainty (state of health), the
+power available for the next seconds (state of power), and :class:`BatteryStateEstimator`,
+which runs all three along a log.
+
+Everything is pure numpy over arrays of N cells; one update of the filter for 100,000 cells
+takes a few milliseconds (``benchmarks/soc_estimation.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from openbess.cell.ecm import CellModel
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.intp]
+
+log = logging.getLogger(__name__)
+
+#: Central-difference step of the sigma-point filter (sqrt(3): optimal for a Gaussian prior).
+SIGMA_STEP = math.sqrt(3.0)
+#: SoC step of the EKF's numerical Jacobian [fraction] (smaller than any table segment).
+EKF_SOC_STEP = 1e-5
+
+Method = Literal["spkf", "ekf"]
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KalmanConfig:
+    """Tuning of :class:`SocKalmanFilter` (noise levels as one standard deviation).
+
+    Parameters
+    ----------
+    method : {"spkf", "ekf"}
+        Sigma-point (central-difference) filter, or the plain extended Kalman filter.
+    voltage_noise_v : float
+        White noise of the voltage measurement [V].
+    model_error_v : float
+        Typical ECM voltage error [V] (model and table errors, not white).
+    model_error_time_s : float
+        Correlation time of the model error [s]; at a sampling step ``dt`` its variance is
+        counted ``max(1, model_error_time_s / dt)`` times.
+    current_gain_error : float
+        Uncertainty of the current sensor's gain [fraction] (e.g. 0.005 for 0.5 %).
+    capacity_error : float
+        Uncertainty of the capacity used by the filter [fraction].
+    current_noise_a : float
+        White noise of the current measurement [A].
+    rc_error : float
+        Relative error of the RC-pair resistances [fraction] (process noise on ``v_k``).
+    hysteresis_noise : float
+        Process noise of the hysteresis state per unit of its own movement [1].
+    soc_random_walk_per_sqrt_s : float
+        SoC random walk independent of the current [1/sqrt(s)] (self-discharge, leakage).
+    estimate_bias : bool
+        Carry the current-sensor offset as a state (bias compensation).
+    bias_random_walk_a_per_sqrt_s : float
+        Drift of the current offset [A/sqrt(s)].
+    initial_bias_std_c : float
+        Prior std of the current offset, as a C-rate [1/h] (0.01: 1 % of the capacity per
+        hour).
+    initial_hysteresis_std : float
+        Prior std of the hysteresis state when it is unknown [1].
+    initial_rc_std_v : float
+        Prior std of the RC voltages [V].
+    min_soc_std : float
+        Floor of the initial SoC std [fraction].
+    """
+
+    method: Method = "spkf"
+    voltage_noise_v: float = 0.002
+    model_error_v: float = 0.004
+    model_error_time_s: float = 60.0
+    current_gain_error: float = 0.005
+    capacity_error: float = 0.01
+    current_noise_a: float = 0.0
+    rc_error: float = 0.2
+    hysteresis_noise: float = 0.1
+    soc_random_walk_per_sqrt_s: float = 1e-6
+    estimate_bias: bool = True
+    bias_random_walk_a_per_sqrt_s: float = 1e-6
+    initial_bias_std_c: float = 0.01
+    initial_hysteresis_std: float = 0.7
+    initial_rc_std_v: float = 0.005
+    min_soc_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.method not in ("spkf", "ekf"):
+            raise ValueError(f"method must be 'spkf' or 'ekf', got {self.method!r}")
+        for name in (
+            "voltage_noise_v",
+            "model_error_v",
+            "model_error_time_s",
+            "current_gain_error",
+            "capacity_error",
+            "current_noise_a",
+            "rc_error",
+            "hysteresis_noise",
+            "soc_random_walk_per_sqrt_s",
+            "bias_random_walk_a_per_sqrt_s",
+            "initial_bias_std_c",
+            "initial_hysteresis_std",
+            "initial_rc_std_v",
+            "min_soc_std",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if self.voltage_noise_v <= 0 and self.model_error_v <= 0:
+            raise ValueError("voltage_noise_v or model_error_v must be > 0")
+
+    def measurement_variance(self, dt_s: float) -> float:
+        """Variance of the voltage innovation's noise at a sampling step [V^2].
+
+        Parameters
+        ----------
+        dt_s : float
+            Time since the previous voltage sample [s].
+
+        Returns
+        -------
+        float
+            ``voltage_noise_v^2 + model_error_v^2 * max(1, model_error_time_s / dt)``.
+        """
+        k = max(1.0, self.model_error_time_s / max(dt_s, 1e-9))
+        return self.voltage_noise_v**2 + self.model_error_v**2 * k
+
+
+# -- table interpolation (the CellModel's tables, gathered per table) -------------------------
+
+
+class _Tables:
+    """Bilinear interpolation of a :class:`CellModel`'s tables, one flat gather per table.
+
+    The same interpolation as :meth:`CellModel.tables` (uniform SoC grid, last node with a
+    zero-slope cell of its own, values clipped to the grid), arranged so that the temperature
+    weights are computed once per update and shared by the three SoC points of the sigma-point
+    update, and only the tables needed at a point are gathered. Checked against
+    :meth:`CellModel.tables` in the tests.
+    """
+
+    def __init__(self, model: CellModel) -> None:
+        p = model.params
+        self.ns = int(p.soc_grid.size)
+        self.temps = p.temperature_grid_degc.astype(np.float64)
+        nt = self.temps.size
+        self.nt = nt
+        self.n_rc = p.n_rc
+        tables = np.stack([p.ocv_v, p.hysteresis_v, p.r0_ohm, *p.rc_r_ohm], axis=0)
+        v = tables.astype(np.float64)
+        b = np.zeros_like(v)
+        b[:, :, :-1] = v[:, :, 1:] - v[:, :, :-1]
+        c = np.zeros_like(v)
+        d = np.zeros_like(v)
+        if nt > 1:
+            c[:, :-1, :] = v[:, 1:, :] - v[:, :-1, :]
+            d[:, :-1, :-1] = (v[:, 1:, 1:] - v[:, 1:, :-1]) - (v[:, :-1, 1:] - v[:, :-1, :-1])
+        k = tables.shape[0]
+        # coef[table] = (a, b, c, d), each flat over (temperature cell, SoC cell).
+        self.coef = [
+            tuple(np.ascontiguousarray(x[r].reshape(-1)) for x in (v, b, c, d)) for r in range(k)
+        ]
+        self.t_width = np.append(np.diff(self.temps), 1.0) if nt > 1 else np.ones(1)
+        self.tau = p.rc_tau_s.astype(np.float64)  # (nrc, nt)
+        self.eta = p.coulombic_efficiency.astype(np.float64)  # (nt,)
+
+    def temperature_weights(self, temperature_degc: FloatArray) -> tuple[IntArray, FloatArray]:
+        """Row offset ``j * ns`` and fraction ``ft`` of each temperature (clipped to the grid)."""
+        n = np.shape(temperature_degc)[0]
+        if self.nt == 1:
+            return np.zeros(n, dtype=np.intp), np.zeros(n)
+        t = self.temps
+        tc = np.minimum(np.maximum(temperature_degc, t[0]), t[-1])
+        j = np.searchsorted(t, tc, side="right") - 1
+        ft: FloatArray = (tc - t[j]) / self.t_width[j]
+        jb: IntArray = j * self.ns
+        return jb, ft
+
+    def along_temperature(self, row: FloatArray, jb: IntArray, ft: FloatArray) -> FloatArray:
+        """Linear interpolation of a per-temperature row (``np.interp`` with clipping)."""
+        if self.nt == 1:
+            return np.full(jb.shape, float(row[0]))
+        j = jb // self.ns
+        lo = np.take(row, j)
+        hi = np.take(row, np.minimum(j + 1, self.nt - 1))
+        out: FloatArray = lo + (hi - lo) * ft
+        return out
+
+    def soc_index(self, soc: FloatArray, jb: IntArray) -> tuple[IntArray, FloatArray]:
+        """Flat cell index and SoC fraction of each point."""
+        top = self.ns - 1.0
+        x = np.minimum(np.maximum(soc * top, 0.0), top)
+        i: IntArray = x.astype(np.intp)
+        fz: FloatArray = x - i
+        i += jb
+        return i, fz
+
+    def value(self, table: int, idx: IntArray, fz: FloatArray, ft: FloatArray) -> FloatArray:
+        """Interpolated value of one table (0 OCV, 1 M, 2 R0, 3.. RC resistances)."""
+        a, b, c, d = self.coef[table]
+        out: FloatArray = np.take(b, idx)
+        if self.nt > 1:
+            out += np.take(d, idx) * ft
+            out *= fz
+            out += np.take(c, idx) * ft
+        else:
+            out *= fz
+        out += np.take(a, idx)
+        return out
+
+
+# -- the filter --------------------------------------------------------------------------------
+
+
+class SocKalmanFilter:
+    """Sigma-point (or extended) Kalman filter for the SoC of N cells, bias-compensated.
+
+    Parameters
+    ----------
+    model : CellModel
+        Model of the cells' parameter set (its tables are the filter's model).
+    n_cells : int
+        Number of cells.
+    config : KalmanConfig, optional
+        Tuning; default :class:`KalmanConfig()`.
+    capacity_ah : numpy.ndarray or float, optional
+        Capacity of each cell [Ah]; default the parameter set's.
+
+    Notes
+    -----
+    Call :meth:`initialise` (or :meth:`initialise_from_voltage`) once, then :meth:`step` with
+    every sample. The current of a sample is held over the interval that ends at the sample
+    (the convention of :func:`openbess.cell.ecm.step`), and the voltage is read at its end.
+    """
+
+    def __init__(
+        self,
+        model: CellModel,
+        n_cells: int,
+        config: KalmanConfig | None = None,
+        capacity_ah: FloatArray | float | None = None,
+    ) -> None:
+        if n_cells < 1:
+            raise ValueError(f"n_cells must be >= 1, got {n_cells}")
+        self.model = model
+        self.config = config or KalmanConfig()
+        self.n_cells = n_cells
+        p = model.params
+        self._tab = _Tables(model)
+        cap = p.capacity_ah if capacity_ah is None else capacity_ah
+        self.capacity_ah: FloatArray = np.broadcast_to(
+            np.asarray(cap, dtype=np.float64), (n_cells,)
+        ).copy()
+        #: Resistance multiplier per cell [1] (e.g. from :class:`ResistanceEstimator`).
+        self.r_scale: FloatArray = np.ones(n_cells)
+        self.n_rc = p.n_rc
+        self.has_hysteresis = bool(np.any(p.hysteresis_v > 0) and p.hysteresis_rate > 0)
+        self.i_v = list(range(1, 1 + self.n_rc))
+        k = 1 + self.n_rc
+        self.i_h: int | None = None
+        if self.has_hysteresis:
+            self.i_h = k
+            k += 1
+        self.i_b: int | None = None
+        if self.config.estimate_bias:
+            self.i_b = k
+            k += 1
+        self.n_states = k
+        self.x = np.zeros((k, n_cells))
+        # Upper triangle of the covariance (P[r, s] with r <= s is kept; see _p).
+        self.P = np.zeros((k, k, n_cells))
+        self._initialised = False
+        #: Innovation of the last update (measured - predicted voltage) [V].
+        self.innovation_v = np.zeros(n_cells)
+        #: Std of the predicted voltage of the last update (incl. noise) [V].
+        self.innovation_std_v = np.zeros(n_cells)
+        self._last_i_eff = np.zeros(n_cells)
+        self._last_dt_s = 1.0
+
+    # -- state access ----------------------------------------------------------------------
+    def _p(self, r: int, s: int) -> FloatArray:
+        out: FloatArray = self.P[r, s] if r <= s else self.P[s, r]
+        return out
+
+    @property
+    def initialised(self) -> bool:
+        """True once :meth:`initialise` or :meth:`initialise_from_voltage` was called."""
+        return self._initialised
+
+    @property
+    def soc(self) -> FloatArray:
+        """SoC estimate of each cell [fraction]."""
+        out: FloatArray = self.x[0]
+        return out
+
+    @property
+    def soc_std(self) -> FloatArray:
+        """Standard deviation of the SoC estimate [fraction]."""
+        out: FloatArray = np.sqrt(np.maximum(self.P[0, 0], 0.0))
+        return out
+
+    @property
+    def v_rc(self) -> FloatArray:
+        """RC-pair voltage estimates [V], shape ``(nrc, N)``."""
+        out: FloatArray = self.x[1 : 1 + self.n_rc]
+        return out
+
+    @property
+    def hysteresis(self) -> FloatArray:
+        """Hysteresis state estimate [1] (zeros without hysteresis)."""
+        if self.i_h is None:
+            return np.zeros(self.n_cells)
+        out: FloatArray = self.x[self.i_h]
+        return out
+
+    @property
+    def bias_a(self) -> FloatArray:
+        """Current-sensor offset estimate [A] (zeros without bias estimation)."""
+        if self.i_b is None:
+            return np.zeros(self.n_cells)
+        out: FloatArray = self.x[self.i_b]
+        return out
+
+    @property
+    def bias_std_a(self) -> FloatArray:
+        """Std of the current-offset estimate [A] (zeros without bias estimation)."""
+        if self.i_b is None:
+            return np.zeros(self.n_cells)
+        out: FloatArray = np.sqrt(np.maximum(self.P[self.i_b, self.i_b], 0.0))
+        return out
+
+    def covariance(self) -> FloatArray:
+        """Full symmetric state covariance, shape ``(n_states, n_states, N)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            The covariance (a copy).
+        """
+        up = np.triu(np.ones((self.n_states, self.n_states), dtype=bool))
+        out = np.where(up[:, :, None], self.P, np.transpose(self.P, (1, 0, 2)))
+        result: FloatArray = np.asarray(out, dtype=np.float64)
+        return result
+
+    def string_bias(self, string_index: IntArray) -> tuple[FloatArray, FloatArray]:
+        """Fuse the per-cell offset estimates of the cells sharing a current sensor.
+
+        Inverse-variance weighted mean per string (the cells' measurement noises are
+        independent, so this is the better estimate of the shared sensor's offset).
+
+        Parameters
+        ----------
+        string_index : numpy.ndarray of int
+            String of each cell (0 .. n_strings - 1), shape ``(N,)``.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            Offset [A] and its std [A] per string.
+        """
+        idx = np.asarray(string_index, dtype=np.intp)
+        if idx.shape != (self.n_cells,):
+            raise ValueError(f"string_index must have shape ({self.n_cells},)")
+        n = int(idx.max()) + 1 if idx.size else 0
+        if self.i_b is None:
+            return np.zeros(n), np.zeros(n)
+        w = 1.0 / np.maximum(self.P[self.i_b, self.i_b], 1e-30)
+        sw = np.bincount(idx, weights=w, minlength=n)
+        sb = np.bincount(idx, weights=w * self.x[self.i_b], minlength=n)
+        return sb / sw, np.sqrt(1.0 / sw)
+
+    # -- initialisation ----------------------------------------------------------------------
+    def initialise(
+        self,
+        soc: FloatArray | float,
+        soc_std: FloatArray | float,
+        *,
+        hysteresis: FloatArray | float = 0.0,
+        hysteresis_std: FloatArray | float | None = None,
+        bias_a: FloatArray | float = 0.0,
+        bias_std_a: FloatArray | float | None = None,
+    ) -> None:
+        """Set the prior of every cell (RC voltages zero).
+
+        Parameters
+        ----------
+        soc : numpy.ndarray or float
+            Initial SoC [fraction] (clipped to [0, 1]).
+        soc_std : numpy.ndarray or float
+            Its standard deviation [fraction] (> 0).
+        hysteresis : numpy.ndarray or float
+            Initial hysteresis state [1].
+        hysteresis_std : numpy.ndarray or float, optional
+            Its std [1]; default ``config.initial_hysteresis_std``.
+        bias_a : numpy.ndarray or float
+            Initial current offset [A].
+        bias_std_a : numpy.ndarray or float, optional
+            Its std [A]; default ``config.initial_bias_std_c`` times the capacity.
+        """
+        cfg = self.config
+        n = self.n_cells
+
+        def vec(value: FloatArray | float) -> FloatArray:
+            out: FloatArray = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)).copy()
+            return out
+
+        z_std = vec(soc_std)
+        if np.any(~np.isfinite(z_std)) or np.any(z_std <= 0):
+            raise ValueError("soc_std must be finite and > 0")
+        self.x[:] = 0.0
+        self.P[:] = 0.0
+        self.x[0] = np.clip(np.nan_to_num(vec(soc), nan=0.5), 0.0, 1.0)
+        self.P[0, 0] = z_std**2
+        for k in self.i_v:
+            self.P[k, k] = cfg.initial_rc_std_v**2
+        if self.i_h is not None:
+            self.x[self.i_h] = np.clip(vec(hysteresis), -1.0, 1.0)
+            hs = cfg.initial_hysteresis_std if hysteresis_std is None else hysteresis_std
+            self.P[self.i_h, self.i_h] = np.maximum(vec(hs), 1e-6) ** 2
+        if self.i_b is not None:
+            self.x[self.i_b] = vec(bias_a)
+            bs = cfg.initial_bias_std_c * self.capacity_ah if bias_std_a is None else bias_std_a
+            self.P[self.i_b, self.i_b] = np.maximum(vec(bs), 1e-9) ** 2
+        self._initialised = True
+
+    def initialise_from_voltage(
+        self,
+        voltage_v: FloatArray,
+        current_a: FloatArray,
+        temperature_degc: FloatArray,
+    ) -> None:
+        """Wake up from the first voltage reading, as a BMS does after a power cycle.
+
+        The SoC is the OCV inversion of ``v + R0 i`` on the mean branch; its std covers the
+        unknown hysteresis (the distance to the charge and discharge branches) and the model
+        error divided by the local OCV slope, so on a flat LFP plateau the prior is wide.
+
+        Parameters
+        ----------
+        voltage_v : numpy.ndarray
+            First voltage reading of each cell [V].
+        current_a : numpy.ndarray
+            Current at that reading [A], positive = discharge.
+        temperature_degc : numpy.ndarray
+            Cell temperature [degC].
+        """
+        v = np.broadcast_to(np.asarray(voltage_v, dtype=np.float64), (self.n_cells,))
+        i = np.nan_to_num(np.broadcast_to(np.asarray(current_a, dtype=np.float64), v.shape))
+        temp = self._temperature(temperature_degc)
+        jb, ft = self._tab.temperature_weights(temp)
+        z_mid = self._invert(v, jb, ft, 0.0, i)
+        z_lo = self._invert(v, jb, ft, 1.0, i)  # after a charge: branch above the mean
+        z_hi = self._invert(v, jb, ft, -1.0, i)
+        z_up = np.minimum(z_mid + 0.02, 1.0)
+        z_dn = np.maximum(z_mid - 0.02, 0.0)
+        up = self._voltage_model(z_up, jb, ft)[0]
+        dn = self._voltage_model(z_dn, jb, ft)[0]
+        slope = np.maximum((up - dn) / np.maximum(z_up - z_dn, 1e-9), 1e-3)
+        sigma_v = math.sqrt(self.config.measurement_variance(self.config.model_error_time_s))
+        std = np.sqrt((0.5 * (z_hi - z_lo)) ** 2 + (sigma_v / slope) ** 2)
+        std = np.clip(std, self.config.min_soc_std, 0.5)
+        ok = np.isfinite(v)
+        z0 = np.where(ok, z_mid, 0.5)
+        std = np.where(ok, std, 0.5)
+        self.initialise(z0, std)
+
+    def _voltage_model(
+        self, soc: FloatArray, jb: IntArray, ft: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        idx, fz = self._tab.soc_index(soc, jb)
+        return (
+            self._tab.value(0, idx, fz, ft),
+            self._tab.value(1, idx, fz, ft),
+            self._tab.value(2, idx, fz, ft),
+        )
+
+    def _invert(
+        self, v: FloatArray, jb: IntArray, ft: FloatArray, h: float, i: FloatArray
+    ) -> FloatArray:
+        """SoC with ``OCV + M h - R0 r_scale i = v`` (bisection; monotone or not)."""
+        lo = np.zeros(v.shape)
+        hi = np.ones(v.shape)
+        for _ in range(30):
+            mid = 0.5 * (lo + hi)
+            ocv, m, r0 = self._voltage_model(mid, jb, ft)
+            above = ocv + m * h - r0 * self.r_scale * i > v
+            hi = np.where(above, mid, hi)
+            lo = np.where(above, lo, mid)
+        out: FloatArray = 0.5 * (lo + hi)
+        return out
+
+    def _temperature(self, temperature_degc: FloatArray | float) -> FloatArray:
+        t = np.broadcast_to(np.asarray(temperature_degc, dtype=np.float64), (self.n_cells,))
+        out: FloatArray = np.where(np.isfinite(t), t, 25.0)
+        return out
+
+    # -- filter steps ----------------------------------------------------------------------
+    def step(
+        self,
+        dt_s: float,
+        current_a: FloatArray,
+        voltage_v: FloatArray,
+        temperature_degc: FloatArray | float,
+        valid: BoolArray | None = None,
+    ) -> FloatArray:
+        """Time update over ``dt_s`` with the measured current, then the voltage update.
+
+        Parameters
+        ----------
+        dt_s : float
+            Time since the previous sample [s] (> 0; a non-positive step only updates).
+        current_a : numpy.ndarray
+            Measured current of each cell [A], positive = discharge (its string's current).
+        voltage_v : numpy.ndarray
+            Measured voltage at the end of the step [V].
+        temperature_degc : numpy.ndarray or float
+            Cell temperature [degC].
+        valid : numpy.ndarray of bool, optional
+            Voltage validity; invalid (or non-finite) voltages are not used.
+
+        Returns
+        -------
+        numpy.ndarray
+            SoC estimate [fraction].
+        """
+        if not self._initialised:
+            raise ValueError("initialise the filter before the first step")
+        temp = self._temperature(temperature_degc)
+        jb, ft = self._tab.temperature_weights(temp)
+        i = np.asarray(current_a, dtype=np.float64)
+        i = np.where(np.isfinite(i), i, 0.0)
+        if dt_s > 0:
+            self._predict(float(dt_s), i, jb, ft)
+        self._correct(np.asarray(voltage_v, dtype=np.float64), i, jb, ft, valid)
+        return self.soc
+
+    def _predict(self, dt_s: float, i_m: FloatArray, jb: IntArray, ft: FloatArray) -> None:
+        cfg = self.config
+        tab = self._tab
+        x = self.x
+        P = self.P
+        ib = self.i_b
+        i_eff = i_m - x[ib] if ib is not None else i_m
+        self._last_i_eff = i_eff
+        self._last_dt_s = dt_s
+        charging = i_eff < 0.0
+        eta = np.where(charging, tab.along_temperature(tab.eta, jb, ft), 1.0)
+        c = eta * (dt_s / 3600.0) / self.capacity_ah  # SoC per ampere over the step
+        dz = c * i_eff
+        # RC resistances at the start-of-step SoC, as ecm.step does.
+        idx, fz = tab.soc_index(x[0], jb)
+        f: list[FloatArray | None] = [None] * self.n_states
+        g: list[FloatArray | None] = [None] * self.n_states
+        q: list[FloatArray] = [np.empty(0)] * self.n_states
+        abs_dz = np.abs(dz)
+        q[0] = (cfg.current_gain_error**2 + cfg.capacity_error**2) * abs_dz + (
+            cfg.soc_random_walk_per_sqrt_s**2 * dt_s
+        )
+        if cfg.current_noise_a > 0:
+            q[0] = q[0] + (c * cfg.current_noise_a) ** 2
+        g[0] = c
+        abs_i = np.abs(i_eff)
+        for k, row in enumerate(self.i_v):
+            r_k = tab.value(3 + k, idx, fz, ft) * self.r_scale
+            tau = tab.along_temperature(tab.tau[k], jb, ft)
+            a = np.exp(-dt_s / tau)
+            w = 1.0 - a
+            wr = w * r_k
+            x[row] = a * x[row] + wr * i_eff
+            f[row] = a
+            g[row] = -wr
+            qk = (cfg.rc_error * wr * abs_i) ** 2 + (1e-5 * w) ** 2
+            if cfg.current_noise_a > 0:
+                qk += (wr * cfg.current_noise_a) ** 2
+            q[row] = qk
+        x[0] = x[0] - dz
+        if self.i_h is not None:
+            gamma = self.model.params.hysteresis_rate
+            d = np.exp(-np.abs(eta * i_eff) * gamma * (dt_s / 3600.0) / self.capacity_ah)
+            hrow = self.i_h
+            x[hrow] = d * x[hrow] + (1.0 - d) * (-np.sign(i_eff))
+            f[hrow] = d
+            q[hrow] = cfg.hysteresis_noise**2 * (1.0 - d) + 1e-10 * dt_s
+        if ib is not None:
+            q[ib] = np.full(self.n_cells, cfg.bias_random_walk_a_per_sqrt_s**2 * dt_s)
+        else:
+            g = [None] * self.n_states
+        # P' = F P F^T + Q with F = diag(f) + g e_b^T (upper triangle only).
+        n = self.n_states
+        if ib is not None:
+            # alpha_r = (F P)[r, b] = f_r P[r, b] + g_r P[b, b]
+            pbb = P[ib, ib]
+            alpha: list[FloatArray] = []
+            for r in range(n):
+                fr, gr = f[r], g[r]
+                a_r = P[r, ib] if r < ib else pbb
+                a_r = a_r * fr if fr is not None else a_r.copy()
+                if gr is not None:
+                    a_r += gr * pbb
+                alpha.append(a_r)
+        for r in range(n):
+            fr, gr = f[r], g[r]
+            for s in range(r, n):
+                fs, gs = f[s], g[s]
+                # (F P)[r, s] = f_r P[r, s] + g_r P[b, s]
+                prs = P[r, s]
+                t = prs * fr if fr is not None else prs.copy()
+                if gr is not None and ib is not None:
+                    t += gr * (P[s, ib] if s < ib else P[ib, s])
+                if fs is not None:
+                    t *= fs
+                if gs is not None:
+                    t += gs * alpha[r]
+                if r == s:
+                    t += q[r]
+                P[r, s] = t
+        x[0] = np.minimum(np.maximum(x[0], 0.0), 1.0)
+
+    def _correct(
+        self,
+        v_meas: FloatArray,
+        i_m: FloatArray,
+        jb: IntArray,
+        ft: FloatArray,
+        valid: BoolArray | None,
+    ) -> None:
+        cfg = self.config
+        tab = self._tab
+        x = self.x
+        P = self.P
+        n = self.n_states
+        ok = np.isfinite(v_meas)
+        if valid is not None:
+            ok &= np.asarray(valid, dtype=bool)
+        ib, ih = self.i_b, self.i_h
+        # First Cholesky column l = P[:, 0] / sqrt(P00).
+        s0 = np.sqrt(np.maximum(P[0, 0], 1e-14))
+        inv = 1.0 / s0
+        lcol = [P[0, r] * inv for r in range(n)]
+        if cfg.method == "spkf":
+            step = SIGMA_STEP
+        else:
+            step = EKF_SOC_STEP * inv  # absolute SoC step EKF_SOC_STEP
+        # Mean point.
+        z = x[0]
+        idx, fz = tab.soc_index(z, jb)
+        ocv0 = tab.value(0, idx, fz, ft)
+        m0 = tab.value(1, idx, fz, ft)
+        r00 = tab.value(2, idx, fz, ft) * self.r_scale
+        i_eff = i_m - x[ib] if ib is not None else i_m
+        h = x[ih] if ih is not None else None
+        vsum = x[1] if self.n_rc == 1 else x[1 : 1 + self.n_rc].sum(axis=0)
+        y0 = ocv0 - r00 * i_eff - vsum
+        if h is not None:
+            y0 += m0 * h
+        # The two sigma points that move z.
+        ys: list[FloatArray] = []
+        for sign in (1.0, -1.0):
+            dstep = sign * step
+            zp = z + dstep * lcol[0]
+            idx, fz = tab.soc_index(zp, jb)
+            ocv = tab.value(0, idx, fz, ft)
+            r0 = tab.value(2, idx, fz, ft) * self.r_scale
+            ie = i_eff if ib is None else i_eff - dstep * lcol[ib]
+            y = ocv - r0 * ie - vsum
+            lv = lcol[1] if self.n_rc == 1 else sum(lcol[k] for k in self.i_v)
+            y -= dstep * lv
+            if h is not None and ih is not None:
+                m = tab.value(1, idx, fz, ft)
+                y += m * (h + dstep * lcol[ih])
+            ys.append(y)
+        y_plus, y_minus = ys
+        dcol = (y_plus - y_minus) / (2.0 * step)
+        if cfg.method == "spkf":
+            s2 = y_plus + y_minus - 2.0 * y0
+            y_hat = y0 + s2 / (2.0 * step * step)
+            second = (step * step - 1.0) / (4.0 * step**4) * s2 * s2
+        else:
+            y_hat = y0
+            second = None
+        # Affine part H (columns 1..n-1) at the mean: v_k -> -1, h -> M, b -> R0.
+        hrow: list[tuple[int, FloatArray | float]] = [(k, -1.0) for k in self.i_v]
+        if ih is not None:
+            hrow.append((ih, m0))
+        if ib is not None:
+            hrow.append((ib, r00))
+        # u = (P - l l^T) H^T, HPH = H (P - l l^T) H^T
+        lh = sum(lcol[c] * hc for c, hc in hrow)
+        u: list[FloatArray] = []
+        for r in range(n):
+            acc = -lcol[r] * lh
+            for c, hc in hrow:
+                acc += self._p(r, c) * hc
+            u.append(acc)
+        hph = sum(u[c] * hc for c, hc in hrow)
+        pyy = hph + dcol * dcol + cfg.measurement_variance(self._last_dt_s)
+        if second is not None:
+            pyy += second
+        pyy = np.maximum(pyy, 1e-12)
+        pxy = [u[r] + lcol[r] * dcol for r in range(n)]
+        innov = np.where(ok, v_meas - y_hat, 0.0)
+        inv_pyy = np.where(ok, 1.0 / pyy, 0.0)
+        self.innovation_v = np.where(ok, innov, np.nan)
+        self.innovation_std_v = np.sqrt(pyy)
+        gain = [pxy[r] * inv_pyy for r in range(n)]
+        for r in range(n):
+            x[r] += gain[r] * innov
+            for s in range(r, n):
+                P[r, s] -= gain[r] * pxy[s]
+            P[r, r] = np.maximum(P[r, r], 1e-14)
+        x[0] = np.minimum(np.maximum(x[0], 0.0), 1.0)
+        if ih is not None:
+            x[ih] = np.minimum(np.maximum(x[ih], -1.0), 1.0)
+
+
+# -- state of health -----------------------------------------------------------------------
+
+
+@dataclass
+class CapacityEstimator:
+    """Capacity from charge throughput between confident SoC estimates (per cell).
+
+    An *anchor* is a SoC estimate with a std below ``max_anchor_std``. When the SoC has moved
+    by at least ``min_delta_soc`` from the last anchor and is confident again, the charge
+    counted in between over the SoC difference is one capacity measurement, with variance
+    ``Q^2 ((std_a^2 + std_b^2) / dz^2 + g^2)`` (``g`` the current gain uncertainty); the
+    measurements are fused by inverse variance with a forgetting factor.
+
+    Caveat: between anchors the filter's SoC is partly coulomb-counted with the nominal
+    capacity, so a measurement is only as independent as the voltage information at both
+    anchors; the SoC std of the filter bounds this, and on a flat LFP plateau no anchor is set.
+
+    Parameters
+    ----------
+    capacity_ah : numpy.ndarray
+        Prior capacity of each cell [Ah].
+    capacity_std_ah : numpy.ndarray
+        Prior std [Ah].
+    min_delta_soc : float
+        Minimum SoC movement between anchors [fraction].
+    max_anchor_std : float
+        Largest SoC std accepted at an anchor [fraction].
+    current_gain_error : float
+        Relative uncertainty of the counted charge [fraction].
+    forgetting : float
+        Weight kept by the previous estimate's information at each new measurement [1].
+    """
+
+    capacity_ah: FloatArray
+    capacity_std_ah: FloatArray
+    min_delta_soc: float = 0.3
+    max_anchor_std: float = 0.03
+    current_gain_error: float = 0.005
+    forgetting: float = 0.9
+    measurements: IntArray = field(init=False)
+    _anchor_soc: FloatArray = field(init=False)
+    _anchor_var: FloatArray = field(init=False)
+    _anchor_ah: FloatArray = field(init=False)
+    _net_ah: FloatArray = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = self.capacity_ah.size
+        self.capacity_ah = np.asarray(self.capacity_ah, dtype=np.float64).copy()
+        self.capacity_std_ah = np.asarray(self.capacity_std_ah, dtype=np.float64).copy()
+        self.measurements = np.zeros(n, dtype=np.intp)
+        self._anchor_soc = np.full(n, np.nan)
+        self._anchor_var = np.full(n, np.nan)
+        self._anchor_ah = np.zeros(n)
+        self._net_ah = np.zeros(n)
+
+    def update(self, dq_ah: FloatArray, soc: FloatArray, soc_std: FloatArray) -> None:
+        """Count charge and take a measurement where the SoC moved enough.
+
+        Parameters
+        ----------
+        dq_ah : numpy.ndarray
+            Charge taken out during the step [Ah] (efficiency applied on charge).
+        soc, soc_std : numpy.ndarray
+            SoC estimate and its std after the step [fraction].
+        """
+        self._net_ah += dq_ah
+        confident = soc_std <= self.max_anchor_std
+        fresh = confident & ~np.isfinite(self._anchor_soc)
+        dz = self._anchor_soc - soc
+        due = confident & np.isfinite(dz) & (np.abs(dz) >= self.min_delta_soc)
+        if np.any(due):
+            dzd = dz[due]
+            dq = self._net_ah[due] - self._anchor_ah[due]
+            meas = dq / dzd
+            rel_var = (self._anchor_var[due] + soc_std[due] ** 2) / dzd**2
+            rel_var += self.current_gain_error**2
+            var_m = meas**2 * rel_var
+            plausible = (meas > 0.2 * self.capacity_ah[due]) & (meas < 5.0 * self.capacity_ah[due])
+            info_prior = self.forgetting / self.capacity_std_ah[due] ** 2
+            info_m = np.where(plausible, 1.0 / var_m, 0.0)
+            info = info_prior + info_m
+            new = (info_prior * self.capacity_ah[due] + info_m * meas) / info
+            self.capacity_ah[due] = new
+            self.capacity_std_ah[due] = np.sqrt(1.0 / info)
+            self.measurements[due] += plausible
+        reset = fresh | due
+        if np.any(reset):
+            self._anchor_soc[reset] = soc[reset]
+            self._anchor_var[reset] = soc_std[reset] ** 2
+            self._anchor_ah[reset] = self._net_ah[reset]
+        # A better-known point near the anchor replaces it.
+        better = confident & np.isfinite(self._anchor_var) & (soc_std**2 < self._anchor_var)
+        near = better & (np.abs(dz) < 0.02)
+        if np.any(near):
+            self._anchor_soc[near] = soc[near]
+            self._anchor_var[near] = soc_std[near] ** 2
+            self._anchor_ah[near] = self._net_ah[near]
+
+
+@dataclass
+class ResistanceEstimator:
+    """Series resistance from current steps (per cell), as a multiplier of the R0 table.
+
+    At a current step ``di`` between two samples the voltage step, corrected for the change of
+    the filter's modelled OCV, hysteresis and RC voltages over the step, is ``-R0 di``; each
+    step gives a measurement of ``r = R0 / R0_table(z, T)`` with variance ``2 sigma_v^2 /
+    (di R0_table)^2 + rel_error^2``, fused by inverse variance with forgetting.
+
+    Parameters
+    ----------
+    n_cells : int
+        Number of cells.
+    min_step_c : float
+        Smallest current step used, as a C-rate [1/h].
+    max_dt_s : float
+        Largest sampling interval across which a step is used [s].
+    voltage_noise_v : float
+        Voltage noise [V].
+    rel_error : float
+        Relative model error of one measurement [fraction].
+    prior_std : float
+        Prior std of the multiplier [1].
+    forgetting : float
+        Weight kept by the previous estimate's information at each measurement [1].
+    """
+
+    n_cells: int
+    min_step_c: float = 0.3
+    max_dt_s: float = 2.0
+    voltage_noise_v: float = 0.002
+    rel_error: float = 0.05
+    prior_std: float = 0.3
+    forgetting: float = 0.999
+    scale: FloatArray = field(init=False)
+    scale_std: FloatArray = field(init=False)
+    measurements: IntArray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scale = np.ones(self.n_cells)
+        self.scale_std = np.full(self.n_cells, self.prior_std)
+        self.measurements = np.zeros(self.n_cells, dtype=np.intp)
+
+    def update(
+        self,
+        dt_s: float,
+        di_a: FloatArray,
+        dv_v: FloatArray,
+        dv_model_v: FloatArray,
+        r0_table_ohm: FloatArray,
+        capacity_ah: FloatArray,
+    ) -> None:
+        """Take a measurement where the current stepped.
+
+        Parameters
+        ----------
+        dt_s : float
+            Sampling interval of the step [s].
+        di_a : numpy.ndarray
+            Current step [A] (positive = more discharge).
+        dv_v : numpy.ndarray
+            Measured voltage step [V].
+        dv_model_v : numpy.ndarray
+            Modelled voltage change over the step without the ohmic term [V] (OCV,
+            hysteresis, RC voltages).
+        r0_table_ohm : numpy.ndarray
+            R0 table value at the present (SoC, T) [ohm].
+        capacity_ah : numpy.ndarray
+            Capacity [Ah] (for the step threshold).
+        """
+        if dt_s > self.max_dt_s or dt_s <= 0:
+            return
+        big = np.isfinite(dv_v) & (np.abs(di_a) >= self.min_step_c * capacity_ah)
+        if not np.any(big):
+            return
+        di = di_a[big]
+        r_tab = r0_table_ohm[big]
+        meas = -(dv_v[big] - dv_model_v[big]) / (di * r_tab)
+        var = 2.0 * self.voltage_noise_v**2 / (di * r_tab) ** 2 + self.rel_error**2
+        plausible = (meas > 0.2) & (meas < 10.0)
+        info_prior = self.forgetting / self.scale_std[big] ** 2
+        info_m = np.where(plausible, 1.0 / var, 0.0)
+        info = info_prior + info_m
+        self.scale[big] = (info_prior * self.scale[big] + info_m * meas) / info
+        self.scale_std[big] = np.sqrt(1.0 / info)
+        self.measurements[big] += plausible
+
+
+# -- state of power --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PowerLimits:
+    """Power and current available from each cell for a horizon (all arrays ``(N,)``).
+
+    Parameters
+    ----------
+    horizon_s : float
+        Horizon [s].
+    discharge_current_a, charge_current_a : numpy.ndarray
+        Largest constant discharge and charge current [A] (both >= 0) that keep every limit
+        over the whole horizon.
+    discharge_power_w, charge_power_w : numpy.ndarray
+        Matching power [W] (>= 0): current times the lowest (discharge) or highest (charge)
+        terminal voltage over the horizon.
+    discharge_voltage_v, charge_voltage_v : numpy.ndarray
+        That terminal voltage [V].
+    discharge_resistance_ohm, charge_resistance_ohm : numpy.ndarray
+        Incremental resistance of the voltage at the limiting instant [ohm] (``dv/di``; for
+        combining cells of a string in :func:`string_power_limits`).
+    """
+
+    horizon_s: float
+    discharge_current_a: FloatArray
+    charge_current_a: FloatArray
+    discharge_power_w: FloatArray
+    charge_power_w: FloatArray
+    discharge_voltage_v: FloatArray
+    charge_voltage_v: FloatArray
+    discharge_resistance_ohm: FloatArray
+    charge_resistance_ohm: FloatArray
+
+
+def power_limits(
+    model: CellModel,
+    soc: FloatArray,
+    v_rc: FloatArray,
+    hysteresis: FloatArray,
+    temperature_degc: FloatArray,
+    horizon_s: float,
+    *,
+    capacity_ah: FloatArray | float | None = None,
+    r_scale: FloatArray | float = 1.0,
+    voltage_min_v: float | None = None,
+    voltage_max_v: float | None = None,
+    max_discharge_current_a: FloatArray | float = np.inf,
+    max_charge_current_a: FloatArray | float = np.inf,
+    soc_min: float = 0.0,
+    soc_max: float = 1.0,
+    iterations: int = 4,
+) -> PowerLimits:
+    """State of power: constant current (and power) each cell can hold for ``horizon_s``.
+
+    For a constant current ``I`` over the horizon the ECM gives the terminal voltage in closed
+    form (zero-order hold)::
+
+        v(t) = OCV(z - eta I t / 3600 Q) + M h(t) - R0 I - sum_k [a_k(t) v_k + (1 - a_k(t)) R_k I]
+
+    The lowest voltage on discharge (highest on charge) is at the start or at the end of the
+    horizon; ``I`` is the largest current that keeps both inside the voltage window, the SoC
+    inside ``[soc_min, soc_max]`` at the end, and within the current limit. It is found by a
+    few Newton steps on the (monotone) end voltage.
+
+    Parameters
+    ----------
+    model : CellModel
+        Cell model.
+    soc : numpy.ndarray
+        SoC [fraction] (use ``soc - k std`` / ``soc + k std`` for a margin).
+    v_rc : numpy.ndarray
+        RC voltages [V], shape ``(nrc, N)``.
+    hysteresis : numpy.ndarray
+        Hysteresis state [1].
+    temperature_degc : numpy.ndarray
+        Temperature [degC].
+    horizon_s : float
+        Horizon [s] (e.g. 10 or 60).
+    capacity_ah : numpy.ndarray or float, optional
+        Capacity [Ah]; default the parameter set's.
+    r_scale : numpy.ndarray or float
+        Resistance multiplier [1].
+    voltage_min_v, voltage_max_v : float, optional
+        Voltage window [V]; default the parameter set's.
+    max_discharge_current_a, max_charge_current_a : numpy.ndarray or float
+        Current limits [A] (>= 0).
+    soc_min, soc_max : float
+        SoC window [fraction].
+    iterations : int
+        Newton steps.
+
+    Returns
+    -------
+    PowerLimits
+        The limits.
+    """
+    if horizon_s <= 0:
+        raise ValueError(f"horizon_s must be > 0, got {horizon_s}")
+    p = model.params
+    z = np.clip(np.asarray(soc, dtype=np.float64), 0.0, 1.0)
+    n = z.size
+    temp = np.broadcast_to(np.asarray(temperature_degc, dtype=np.float64), (n,))
+    cap = np.broadcast_to(
+        np.asarray(p.capacity_ah if capacity_ah is None else capacity_ah, dtype=np.float64), (n,)
+    )
+    vmin = p.voltage_min_v if voltage_min_v is None else voltage_min_v
+    vmax = p.voltage_max_v if voltage_max_v is None else voltage_max_v
+    h = np.asarray(hysteresis, dtype=np.float64)
+    vr = np.asarray(v_rc, dtype=np.float64).reshape(p.n_rc, n)
+    tab = model.tables(z, temp)
+    r0 = tab[2] * r_scale
+    rk = tab[3:] * r_scale
+    decay = np.exp(-horizon_s / model.rc_tau(temp))  # (nrc, N)
+    eta_c = model.coulombic_efficiency(temp)
+    gamma = p.hysteresis_rate
+
+    def end_voltage(i: FloatArray) -> tuple[FloatArray, FloatArray]:
+        eta = np.where(i < 0, eta_c, 1.0)
+        dz = eta * i * horizon_s / (3600.0 * cap)
+        ze = np.clip(z - dz, 0.0, 1.0)
+        te = model.tables(ze, temp)
+        he = -np.sign(i) + (h + np.sign(i)) * np.exp(
+            -np.abs(eta * i) * gamma * horizon_s / (3600.0 * cap)
+        )
+        v = te[0] + te[1] * he - te[2] * r_scale * i
+        v -= (decay * vr + (1.0 - decay) * rk * i[None, :]).sum(axis=0)
+        # Incremental resistance (OCV slope over the SoC moved, plus the resistances).
+        dz_safe = np.where(np.abs(ze - z) > 1e-9, ze - z, np.nan)
+        slope = np.where(np.isfinite(dz_safe), (te[0] - tab[0]) / dz_safe, 0.0)
+        r_inc = te[2] * r_scale + ((1.0 - decay) * rk).sum(axis=0)
+        r_inc += np.maximum(slope, 0.0) * eta * horizon_s / (3600.0 * cap)
+        return v, r_inc
+
+    v_start0 = tab[0] + tab[1] * h - vr.sum(axis=0)  # open-circuit part at t = 0+
+    out: dict[str, FloatArray] = {}
+    for direction, sign in (("discharge", 1.0), ("charge", -1.0)):
+        limit_v = vmin if sign > 0 else vmax
+        i_cap = np.broadcast_to(
+            np.asarray(
+                max_discharge_current_a if sign > 0 else max_charge_current_a, dtype=np.float64
+            ),
+            (n,),
+        )
+        # SoC window: the charge moved over the horizon.
+        if sign > 0:
+            i_soc = np.maximum(z - soc_min, 0.0) * 3600.0 * cap / horizon_s
+        else:
+            i_soc = np.maximum(soc_max - z, 0.0) * 3600.0 * cap / (horizon_s * eta_c)
+        # Start of the horizon: v(0+) = v_start0 - R0 I.
+        i_start = np.maximum(sign * (v_start0 - limit_v), 0.0) / np.maximum(r0, 1e-9)
+        # End of the horizon: Newton on v_end(I) = limit.
+        mag = np.minimum(np.minimum(i_start, i_soc), i_cap)
+        mag = np.where(np.isfinite(mag), mag, 0.0)
+        for _ in range(iterations):
+            v_end, r_inc = end_voltage(sign * mag)
+            mag = mag + (sign * (v_end - limit_v)) / np.maximum(r_inc, 1e-9)
+            mag = np.clip(mag, 0.0, np.minimum(np.minimum(i_start, i_soc), i_cap))
+        v_end, r_inc = end_voltage(sign * mag)
+        # Last Newton step may overshoot by rounding: back off to stay inside the window.
+        over = sign * (v_end - limit_v) < 0
+        mag = np.where(over, mag + sign * (v_end - limit_v) / np.maximum(r_inc, 1e-9), mag)
+        mag = np.maximum(mag, 0.0)
+        v_end, r_inc = end_voltage(sign * mag)
+        v_st = v_start0 - r0 * sign * mag
+        v_lim = np.minimum(v_st, v_end) if sign > 0 else np.maximum(v_st, v_end)
+        out[f"{direction}_current_a"] = mag
+        out[f"{direction}_voltage_v"] = v_lim
+        out[f"{direction}_power_w"] = mag * v_lim
+        out[f"{direction}_resistance_ohm"] = np.where(v_st * sign < v_end * sign, r0, r_inc)
+    return PowerLimits(horizon_s=float(horizon_s), **out)
+
+
+def string_power_limits(limits: PowerLimits, n_strings: int) -> tuple[FloatArray, FloatArray]:
+    """Power of each series string: the weakest cell limits the current.
+
+    Each cell's limiting voltage is continued linearly in the current with its incremental
+    resistance, ``v(I) = v_lim + r (I_lim - I)`` on discharge, and summed at the string
+    current ``min I_lim``.
+
+    Parameters
+    ----------
+    limits : PowerLimits
+        Cell limits, cells ordered string by string.
+    n_strings : int
+        Number of strings (the cell count must be a multiple of it).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Discharge and charge power of each string [W] (both >= 0).
+    """
+    out = []
+    for direction, sign in (("discharge", 1.0), ("charge", -1.0)):
+        i_lim = getattr(limits, f"{direction}_current_a").reshape(n_strings, -1)
+        v_lim = getattr(limits, f"{direction}_voltage_v").reshape(n_strings, -1)
+        r = getattr(limits, f"{direction}_resistance_ohm").reshape(n_strings, -1)
+        i_str = i_lim.min(axis=1, keepdims=True)
+        v = v_lim + sign * r * (i_lim - i_str)
+        out.append((i_str[:, 0] * v.sum(axis=1)).astype(np.float64))
+    return out[0], out[1]
+
+
+# -- orchestrator ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EstimateStep:
+    """Estimates of every cell after one sample (arrays ``(N,)``).
+
+    Parameters
+    ----------
+    soc, soc_std : numpy.ndarray
+        SoC and its std [fraction].
+    capacity_ah, capacity_std_ah : numpy.ndarray
+        Capacity estimate and its std [Ah].
+    soh : numpy.ndarray
+        Capacity state of health: capacity over the parameter set's [fraction].
+    resistance_ohm, resistance_std_ohm : numpy.ndarray
+        Series resistance at the present (SoC, T) and its std [ohm].
+    bias_a : numpy.ndarray
+        Current-sensor offset estimate [A].
+    """
+
+    soc: FloatArray
+    soc_std: FloatArray
+    capacity_ah: FloatArray
+    capacity_std_ah: FloatArray
+    soh: FloatArray
+    resistance_ohm: FloatArray
+    resistance_std_ohm: FloatArray
+    bias_a: FloatArray
+
+
+class BatteryStateEstimator:
+    """SoC (Kalman filter), SoH (capacity, resistance) and SoP of N cells from a sample stream.
+
+    Parameters
+    ----------
+    model : CellModel
+        Cell model.
+    n_cells : int
+        Number of cells.
+    config : KalmanConfig, optional
+        Filter tuning.
+    capacity_ah : numpy.ndarray or float, optional
+        Capacity of each cell [Ah]; default the parameter set's.
+    adapt : bool
+        Feed the capacity and resistance estimates back into the filter's model.
+    """
+
+    def __init__(
+        self,
+        model: CellModel,
+        n_cells: int,
+        config: KalmanConfig | None = None,
+        capacity_ah: FloatArray | float | None = None,
+        adapt: bool = False,
+    ) -> None:
+        self.model = model
+        self.filter = SocKalmanFilter(model, n_cells, config, capacity_ah)
+        cfg = self.filter.config
+        cap = self.filter.capacity_ah
+        self.capacity = CapacityEstimator(
+            cap.copy(),
+            np.maximum(cfg.capacity_error, 0.02) * cap,
+            current_gain_error=max(cfg.current_gain_error, 1e-4),
+        )
+        self.resistance = ResistanceEstimator(n_cells, voltage_noise_v=cfg.voltage_noise_v)
+        self.adapt = adapt
+        self._prev_v: FloatArray | None = None
+        self._prev_i: FloatArray | None = None
+        self._prev_model_v: FloatArray | None = None
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells."""
+        return self.filter.n_cells
+
+    def _model_parts(self, temperature_degc: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Open-circuit part of the modelled voltage (OCV + M h - sum v_k) and R0 table."""
+        f = self.filter
+        tab = self.model.tables(f.soc, temperature_degc)
+        v = tab[0] + tab[1] * f.hysteresis - f.v_rc.sum(axis=0)
+        return v, tab[2]
+
+    def step(
+        self,
+        dt_s: float,
+        current_a: FloatArray,
+        voltage_v: FloatArray,
+        temperature_degc: FloatArray | float,
+        valid: BoolArray | None = None,
+        *,
+        initial_soc: FloatArray | float | None = None,
+        initial_soc_std: FloatArray | float = 0.2,
+    ) -> EstimateStep:
+        """Advance every estimate by one sample.
+
+        The first call initialises the filter: at ``initial_soc`` if given, else from the
+        voltage (:meth:`SocKalmanFilter.initialise_from_voltage`).
+
+        Parameters
+        ----------
+        dt_s : float
+            Time since the previous sample [s] (ignored at the first call).
+        current_a : numpy.ndarray
+            Measured current [A], positive = discharge.
+        voltage_v : numpy.ndarray
+            Measured voltage [V].
+        temperature_degc : numpy.ndarray or float
+            Temperature [degC] (NaN: 25 degC).
+        valid : numpy.ndarray of bool, optional
+            Voltage validity.
+        initial_soc : numpy.ndarray or float, optional
+            Initial SoC [fraction] for the first call.
+        initial_soc_std : numpy.ndarray or float
+            Its std [fraction].
+
+        Returns
+        -------
+        EstimateStep
+            The estimates.
+        """
+        f = self.filter
+        n = f.n_cells
+        i = np.broadcast_to(np.asarray(current_a, dtype=np.float64), (n,))
+        i = np.where(np.isfinite(i), i, 0.0)
+        v = np.broadcast_to(np.asarray(voltage_v, dtype=np.float64), (n,))
+        temp = np.broadcast_to(np.asarray(temperature_degc, dtype=np.float64), (n,))
+        temp = np.where(np.isfinite(temp), temp, 25.0)
+        if not f.initialised:
+            if initial_soc is None:
+                f.initialise_from_voltage(v, i, temp)
+            else:
+                f.initialise(initial_soc, initial_soc_std)
+        else:
+            f.step(dt_s, i, v, temp, valid)
+            i_eff = i - f.bias_a
+            eta = np.where(i_eff < 0, self.model.coulombic_efficiency(temp), 1.0)
+            dq_ah = eta * i_eff * dt_s / 3600.0
+            self.capacity.update(dq_ah, f.soc, f.soc_std)
+            if self._prev_v is not None and self._prev_i is not None:
+                model_v, r0_tab = self._model_parts(temp)
+                prev_model = self._prev_model_v if self._prev_model_v is not None else model_v
+                self.resistance.update(
+                    dt_s,
+                    i - self._prev_i,
+                    v - self._prev_v,
+                    model_v - prev_model,
+                    r0_tab,
+                    f.capacity_ah,
+                )
+            if self.adapt:
+                f.capacity_ah = self.capacity.capacity_ah.copy()
+                f.r_scale = self.resistance.scale.copy()
+        model_v, r0_tab = self._model_parts(temp)
+        self._prev_v = v.copy()
+        self._prev_i = i.copy()
+        self._prev_model_v = model_v
+        nominal = self.model.params.capacity_ah
+        return EstimateStep(
+            soc=f.soc.copy(),
+            soc_std=f.soc_std.copy(),
+            capacity_ah=self.capacity.capacity_ah.copy(),
+            capacity_std_ah=self.capacity.capacity_std_ah.copy(),
+            soh=self.capacity.capacity_ah / nominal,
+            resistance_ohm=self.resistance.scale * r0_tab,
+            resistance_std_ohm=self.resistance.scale_std * r0_tab,
+            bias_a=f.bias_a.copy(),
+        )
+
+    def power_limits(
+        self,
+        horizon_s: float,
+        temperature_degc: FloatArray | float,
+        *,
+        soc_sigma_margin: float = 1.0,
+        max_discharge_current_a: FloatArray | float = np.inf,
+        max_charge_current_a: FloatArray | float = np.inf,
+    ) -> PowerLimits:
+        """State of power of every cell from the present estimates (see :func:`power_limits`).
+
+        The SoC is taken ``soc_sigma_margin`` standard deviations towards the limit (lower for
+        discharge, higher for charge) and the resistance at its estimate.
+
+        Parameters
+        ----------
+        horizon_s : float
+            Horizon [s].
+        temperature_degc : numpy.ndarray or float
+            Temperature [degC].
+        soc_sigma_margin : float
+            SoC margin in standard deviations [1].
+        max_discharge_current_a, max_charge_current_a : numpy.ndarray or float
+            Current limits [A].
+
+        Returns
+        -------
+        PowerLimits
+            Discharge limits from the lower SoC, charge limits from the upper one.
+        """
+        f = self.filter
+        temp = np.broadcast_to(np.asarray(temperature_degc, dtype=np.float64), (f.n_cells,))
+        common = {
+            "capacity_ah": f.capacity_ah,
+            "r_scale": self.resistance.scale,
+            "max_discharge_current_a": max_discharge_current_a,
+            "max_charge_current_a": max_charge_current_a,
+        }
+        lo = power_limits(
+            self.model,
+            f.soc - soc_sigma_margin * f.soc_std,
+            f.v_rc,
+            f.hysteresis,
+            temp,
+            horizon_s,
+            **common,  # type: ignore[arg-type]
+        )
+        hi = power_limits(
+            self.model,
+            f.soc + soc_sigma_margin * f.soc_std,
+            f.v_rc,
+            f.hysteresis,
+            temp,
+            horizon_s,
+            **common,  # type: ignore[arg-type]
+        )
+        return PowerLimits(
+            horizon_s=lo.horizon_s,
+            discharge_current_a=lo.discharge_current_a,
+            discharge_power_w=lo.discharge_power_w,
+            discharge_voltage_v=lo.discharge_voltage_v,
+            discharge_resistance_ohm=lo.discharge_resistance_ohm,
+            charge_current_a=hi.charge_current_a,
+            charge_power_w=hi.charge_power_w,
+            charge_voltage_v=hi.charge_voltage_v,
+            charge_resistance_ohm=hi.charge_resistance_ohm,
+        )
