@@ -225,5 +225,13 @@ def run(
     )
 
 
+def _register() -> None:
+    from openbess.cli_report import report
+
+    main.add_command(report)
+
+
+_register()
+
 if __name__ == "__main__":
     main()
