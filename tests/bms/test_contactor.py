@@ -6,6 +6,8 @@ import dataclasses
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from openbess.bms.contactor import (
     ContactorInputs,
@@ -264,3 +266,49 @@ def test_reset_outside_fault_and_time_going_backwards():
     m.step(10.0, make_inputs())
     with pytest.raises(ValueError, match="backwards"):
         m.step(9.0, make_inputs())
+
+
+# ---------------------------------------------------------------------- output reuse
+
+
+class FreshOutputMachine(ContactorMachine):
+    """Reference: a new output object every step (no reuse of the standing one)."""
+
+    def step(self, time_s, inputs):
+        self._steady = None
+        return super().step(time_s, inputs)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.1, 0.5, 1.0, 5.0, 8.0, 60.0]),
+            st.booleans(),
+            st.booleans(),
+            st.sampled_from([0.0, 0.5 * PACK_V, PACK_V, math.nan]),
+            st.sampled_from([0.0, 1.0, -3.0, 6.0, -40.0, math.nan]),
+            st.booleans(),
+            st.integers(0, 9),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_reused_outputs_equal_fresh_ones(steps):
+    reused, fresh = ContactorMachine(PARAMS), FreshOutputMachine(PARAMS)
+    t = 1.7e9
+    for leap, close, trip, bus_v, current, feedback, reset in steps:
+        t += leap
+        inputs = ContactorInputs(
+            close_request=close,
+            trip=trip and close,
+            pack_voltage_v=PACK_V,
+            bus_voltage_v=bus_v,
+            current_a=current,
+            feedback_closed=feedback,
+        )
+        if reset == 0:
+            assert reused.reset(t, inputs) == fresh.reset(t, inputs)
+        assert reused.step(t, inputs) == fresh.step(t, inputs)
+        assert (reused.state, reused.fault_code) == (fresh.state, fresh.fault_code)

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from openbess.bms.defaults import Curve, default_params, known_chemistries
 from openbess.bms.limits import (
     LimitCalculator,
+    _curve_points,
+    _factor_scalar,
+    _temperature_factor_scalar,
     charge_limit_a,
     derating_factor,
     discharge_limit_a,
@@ -193,6 +196,72 @@ def test_calculator_never_rises_faster_than_the_rate_and_never_exceeds_the_targe
             assert c - prev[0] <= LFP.recovery_rate_a_per_s * elapsed + 1e-9
             assert d - prev[1] <= LFP.recovery_rate_a_per_s * elapsed + 1e-9
         prev = (c, d, t)
+
+
+# ------------------------------------------------------------------- the calculator's scalars
+
+any_float = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([NAN, math.inf, -math.inf, 0.0, -0.0]),
+)
+
+
+def _curves(chem):
+    return (
+        chem.charge_voltage,
+        chem.discharge_voltage,
+        chem.charge_temperature,
+        chem.discharge_temperature,
+        chem.charge_soc,
+        chem.discharge_soc,
+    )
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(chem=st.sampled_from([LFP, NMC]), x=any_float, k=st.integers(0, 7), frac=st.floats(0, 1))
+def test_scalar_derating_equals_numpy_interp_exactly(chem, x, k, frac):
+    for curve in _curves(chem):
+        xs, fs = _curve_points(curve)
+        # Also on and between the break points, where the interpolation branches.
+        j = k % len(xs)
+        between = xs[j] + frac * (xs[min(j + 1, len(xs) - 1)] - xs[j])
+        for value in (x, xs[j], between):
+            assert _factor_scalar(value, xs, fs) == float(derating_factor(value, curve))
+        for lo, hi in ((x, between), (between, x), (xs[j], x)):
+            expected = float(temperature_factor(lo, hi, curve, 0.3))
+            assert _temperature_factor_scalar(lo, hi, xs, fs, 0.3) == expected
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    chem=st.sampled_from([LFP, NMC]),
+    v=st.one_of(st.just(NAN), volts),
+    t_lo=st.one_of(st.just(NAN), temps),
+    t_hi=st.one_of(st.just(NAN), temps),
+    soc=st.one_of(st.just(NAN), socs),
+    allow=st.tuples(st.booleans(), st.booleans()),
+)
+def test_calculator_settles_on_the_array_functions_values(chem, v, t_lo, t_hi, soc, allow):
+    calc = LimitCalculator(chem)
+    calc.update(0.0, v, v, t_lo, t_hi, soc, soc)
+    # Long enough for any ramp: the limits are exactly the targets (or 0 below the resume
+    # threshold, where a limit at 0 stays).
+    c, d = calc.update(1e6, v, v, t_lo, t_hi, soc, soc, *allow)
+    c_target = float(charge_limit_a(chem, v, t_lo, t_hi, soc)) if allow[0] else 0.0
+    d_target = float(discharge_limit_a(chem, v, t_lo, t_hi, soc)) if allow[1] else 0.0
+    resume = chem.resume_fraction
+    assert c == (c_target if c_target > resume * chem.rated_charge_current_a else 0.0)
+    assert d == (d_target if d_target > resume * chem.rated_discharge_current_a else 0.0)
+
+
+def test_calculator_follows_replaced_params():
+    calc = LimitCalculator(LFP)
+    calc.update(0.0, 3.3, 3.3, 25.0, 25.0, 0.5, 0.5)
+    calc.params = NMC
+    c, d = calc.update(1e6, 3.7, 3.7, 25.0, 25.0, 0.5, 0.5)
+    assert c == float(charge_limit_a(NMC, 3.7, 25.0, 25.0, 0.5)) == NMC.rated_charge_current_a
+    assert d == float(discharge_limit_a(NMC, 3.7, 25.0, 25.0, 0.5))
+    assert d == NMC.rated_discharge_current_a
 
 
 # ---------------------------------------------------------------------------------- the ramp

@@ -20,6 +20,8 @@ from openbess.bms.protection import (
     Quantity,
     Tier,
     fault_table,
+    quantity_value,
+    quantity_values,
 )
 from openbess.errors import ConfigError
 
@@ -410,3 +412,94 @@ def test_an_invalid_reading_never_lowers_a_tier(steps):
             assert tier >= previous
         previous = tier
         assert len(r.alarms) == len({c for c, _ in r.alarms})  # one alarm per cause
+
+
+# ----------------------------------------------------------------- quiet-row shortcut, cache
+
+
+class FullStepProtection(Protection):
+    """Reference: every row through the full step, the result rebuilt every time."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # NaN as the mildest threshold: the quiet-row comparison is never true.
+        self._quiet_check = tuple((r, s, NAN, above) for r, s, _, above in self._quiet_check)
+
+    def evaluate(self, time_s, inputs):
+        self._steady = None
+        return super().evaluate(time_s, inputs)
+
+
+def same_float(a, b):
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def near(lo, hi):
+    return st.one_of(st.floats(lo, hi), st.just(NAN), st.just(math.inf))
+
+
+@st.composite
+def cycle_inputs(draw):
+    return {
+        "cell_voltage_max_v": draw(near(3.2, 3.8)),
+        "cell_voltage_min_v": draw(near(2.3, 3.3)),
+        "temperature_max_degc": draw(near(20.0, 70.0)),
+        "temperature_min_degc": draw(near(-30.0, 20.0)),
+        "pack_current_a": draw(near(-250.0, 250.0)),
+        "pack_voltage_v": draw(near(50.0, 56.0)),
+        "sum_cell_voltage_v": draw(near(50.0, 56.0)),
+        "ems_link_age_s": draw(near(0.0, 200.0)),
+        "n_invalid_voltage": draw(st.integers(0, 2)),
+        "n_invalid_temperature": draw(st.integers(0, 2)),
+        "current_valid": draw(st.booleans()),
+    }
+
+
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.5, 1.0, 2.0, 10.0, 31.0, 120.0]), cycle_inputs()),
+        min_size=1,
+        max_size=40,
+    ),
+    resets=st.sets(st.integers(0, 39), max_size=5),
+)
+def test_shortcut_and_result_reuse_change_nothing(steps, resets):
+    fast, full = Protection.from_params(P), FullStepProtection(fault_table(P), P.rest_current_a)
+    t = 0.0
+    for k, (dt, raw) in enumerate(steps):
+        t += dt
+        inputs = ProtectionInputs(**raw)
+        if k in resets:
+            for code in full.latched:
+                assert fast.reset(code, t, nominal()) == full.reset(code, t, nominal())
+        a, b = fast.evaluate(t, inputs), full.evaluate(t, inputs)
+        assert (a.alarms, a.latched) == (b.alarms, b.latched)
+        assert (a.open_contactors, a.allow_charge, a.allow_discharge) == (
+            b.open_contactors,
+            b.allow_charge,
+            b.allow_discharge,
+        )
+        assert [(e.time_s, e.code, e.kind, e.tier, e.message) for e in a.events] == [
+            (e.time_s, e.code, e.kind, e.tier, e.message) for e in b.events
+        ]
+        assert all(same_float(x.value, y.value) for x, y in zip(a.events, b.events, strict=True))
+        for fr, br in zip(fast._rows, full._rows, strict=True):
+            assert (fr.tier, fr.latched, fr.exceeded, fr.since, fr.clear_since) == (
+                br.tier,
+                br.latched,
+                br.exceeded,
+                br.since,
+                br.clear_since,
+            )
+
+
+def test_quantity_value_agrees_with_quantity_values():
+    inputs = nominal(pack_current_a=-12.0, pack_voltage_v=NAN, n_invalid_temperature=1)
+    values = quantity_values(inputs)
+    assert set(values) == set(Quantity)
+    for q in Quantity:
+        assert same_float(quantity_value(q, inputs), values[q])
+    assert values[Quantity.CHARGE_CURRENT] == 12.0
+    assert math.isnan(values[Quantity.PACK_VOLTAGE_MISMATCH])
+    assert values[Quantity.INVALID_TEMPERATURE] == 1.0

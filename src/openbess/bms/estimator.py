@@ -141,11 +141,16 @@ class SocEstimator:
         """
         cfg = self.config
         i: FloatArray | float
-        if isinstance(cell_current_a, float):
-            i = cell_current_a if math.isfinite(cell_current_a) else _nan_to_num(cell_current_a)
+        if not isinstance(cell_current_a, float):
+            i = np.asarray(cell_current_a)
+            if i.ndim == 0:  # a 0-d array is one current for every cell too
+                i = float(i)
+        else:
+            i = cell_current_a
+        if isinstance(i, float):
+            i = i if math.isfinite(i) else _nan_to_num(i)
             charging = i < 0.0
         else:
-            i = np.asarray(cell_current_a)
             if not math.isfinite(float(np.add.reduce(i))):  # NaN/inf somewhere (rare)
                 i = np.nan_to_num(i)
             charging = float(np.minimum.reduce(i)) < 0.0

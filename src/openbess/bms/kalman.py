@@ -94,8 +94,12 @@ class KalmanConfig:
     model_error_v : float
         Typical ECM voltage error [V] (model and table errors, not white).
     model_error_time_s : float
-        Correlation time of the model error [s]; at a sampling step ``dt`` its variance is
-        counted ``max(1, model_error_time_s / dt)`` times.
+        Correlation time of the model error [s].
+    model_error_soc : float
+        Correlation length of the model error along the SoC [fraction]. A sample carries the
+        fraction ``phi = min(1, dt / model_error_time_s + |dz| / model_error_soc)`` of an
+        independent look at the model error, whose variance is counted ``1 / phi`` times
+        (at rest the error of the OCV table does not average out, however often it is read).
     current_gain_error : float
         Uncertainty of the current sensor's gain [fraction] (e.g. 0.005 for 0.5 %).
     capacity_error : float
@@ -121,12 +125,17 @@ class KalmanConfig:
         Prior std of the RC voltages [V].
     min_soc_std : float
         Floor of the initial SoC std [fraction].
+    ocv_soc_error : float
+        Uncertainty of the OCV table along its SoC axis [fraction]: adds
+        ``(dOCV/dz * ocv_soc_error)^2`` to the measurement variance, so the steep ends of the
+        curve (coarse tables, capacity error) do not pin the SoC tighter than the table is.
     """
 
     method: Method = "spkf"
     voltage_noise_v: float = 0.002
     model_error_v: float = 0.004
-    model_error_time_s: float = 60.0
+    model_error_time_s: float = 600.0
+    model_error_soc: float = 0.02
     current_gain_error: float = 0.005
     capacity_error: float = 0.01
     current_noise_a: float = 0.0
@@ -139,6 +148,7 @@ class KalmanConfig:
     initial_hysteresis_std: float = 0.7
     initial_rc_std_v: float = 0.005
     min_soc_std: float = 0.01
+    ocv_soc_error: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in ("spkf", "ekf"):
@@ -147,6 +157,7 @@ class KalmanConfig:
             "voltage_noise_v",
             "model_error_v",
             "model_error_time_s",
+            "model_error_soc",
             "current_gain_error",
             "capacity_error",
             "current_noise_a",
@@ -158,6 +169,7 @@ class KalmanConfig:
             "initial_hysteresis_std",
             "initial_rc_std_v",
             "min_soc_std",
+            "ocv_soc_error",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -165,21 +177,29 @@ class KalmanConfig:
         if self.voltage_noise_v <= 0 and self.model_error_v <= 0:
             raise ValueError("voltage_noise_v or model_error_v must be > 0")
 
-    def measurement_variance(self, dt_s: float) -> float:
-        """Variance of the voltage innovation's noise at a sampling step [V^2].
+    def measurement_variance(
+        self, dt_s: float, soc_change: FloatArray | float = 0.0
+    ) -> FloatArray | float:
+        """Variance of the voltage innovation's noise for one sample [V^2].
 
         Parameters
         ----------
         dt_s : float
             Time since the previous voltage sample [s].
+        soc_change : numpy.ndarray or float
+            SoC moved since the previous sample [fraction].
 
         Returns
         -------
-        float
-            ``voltage_noise_v^2 + model_error_v^2 * max(1, model_error_time_s / dt)``.
+        numpy.ndarray or float
+            ``voltage_noise_v^2 + model_error_v^2 / phi`` (see ``model_error_soc``).
         """
-        k = max(1.0, self.model_error_time_s / max(dt_s, 1e-9))
-        return self.voltage_noise_v**2 + self.model_error_v**2 * k
+        phi: FloatArray | float = max(dt_s, 1e-9) / max(self.model_error_time_s, 1e-9)
+        if self.model_error_soc > 0:
+            phi = phi + np.abs(soc_change) / self.model_error_soc
+        phi = np.minimum(phi, 1.0)
+        out: FloatArray | float = self.voltage_noise_v**2 + self.model_error_v**2 / phi
+        return out
 
 
 # -- table interpolation (the CellModel's tables, gathered per table) -------------------------
@@ -250,6 +270,15 @@ class _Tables:
         fz: FloatArray = x - i
         i += jb
         return i, fz
+
+    def slope(self, table: int, idx: IntArray, ft: FloatArray) -> FloatArray:
+        """Derivative of one table along the SoC [unit per unit SoC] (segment slope)."""
+        _, b, _, d = self.coef[table]
+        out: FloatArray = np.take(b, idx)
+        if self.nt > 1:
+            out += np.take(d, idx) * ft
+        out *= self.ns - 1.0
+        return out
 
     def value(self, table: int, idx: IntArray, fz: FloatArray, ft: FloatArray) -> FloatArray:
         """Interpolated value of one table (0 OCV, 1 M, 2 R0, 3.. RC resistances)."""
@@ -332,6 +361,7 @@ class SocKalmanFilter:
         self.innovation_std_v = np.zeros(n_cells)
         self._last_i_eff = np.zeros(n_cells)
         self._last_dt_s = 1.0
+        self._last_dz = np.zeros(n_cells)
 
     # -- state access ----------------------------------------------------------------------
     def _p(self, r: int, s: int) -> FloatArray:
@@ -512,7 +542,7 @@ class SocKalmanFilter:
         up = self._voltage_model(z_up, jb, ft)[0]
         dn = self._voltage_model(z_dn, jb, ft)[0]
         slope = np.maximum((up - dn) / np.maximum(z_up - z_dn, 1e-9), 1e-3)
-        sigma_v = math.sqrt(self.config.measurement_variance(self.config.model_error_time_s))
+        sigma_v = math.sqrt(self.config.voltage_noise_v**2 + self.config.model_error_v**2)
         std = np.sqrt((0.5 * (z_hi - z_lo)) ** 2 + (sigma_v / slope) ** 2)
         std = np.clip(std, self.config.min_soc_std, 0.5)
         ok = np.isfinite(v)
@@ -603,6 +633,7 @@ class SocKalmanFilter:
         eta = np.where(charging, tab.along_temperature(tab.eta, jb, ft), 1.0)
         c = eta * (dt_s / 3600.0) / self.capacity_ah  # SoC per ampere over the step
         dz = c * i_eff
+        self._last_dz = dz
         # RC resistances at the start-of-step SoC, as ecm.step does.
         idx, fz = tab.soc_index(x[0], jb)
         f: list[FloatArray | None] = [None] * self.n_states
@@ -699,10 +730,10 @@ class SocKalmanFilter:
             step = EKF_SOC_STEP * inv  # absolute SoC step EKF_SOC_STEP
         # Mean point.
         z = x[0]
-        idx, fz = tab.soc_index(z, jb)
-        ocv0 = tab.value(0, idx, fz, ft)
-        m0 = tab.value(1, idx, fz, ft)
-        r00 = tab.value(2, idx, fz, ft) * self.r_scale
+        idx0, fz0 = tab.soc_index(z, jb)
+        ocv0 = tab.value(0, idx0, fz0, ft)
+        m0 = tab.value(1, idx0, fz0, ft)
+        r00 = tab.value(2, idx0, fz0, ft) * self.r_scale
         i_eff = i_m - x[ib] if ib is not None else i_m
         h = x[ih] if ih is not None else None
         vsum = x[1] if self.n_rc == 1 else x[1 : 1 + self.n_rc].sum(axis=0)
@@ -749,7 +780,10 @@ class SocKalmanFilter:
                 acc += self._p(r, c) * hc
             u.append(acc)
         hph = sum(u[c] * hc for c, hc in hrow)
-        pyy = hph + dcol * dcol + cfg.measurement_variance(self._last_dt_s)
+        pyy = hph + dcol * dcol + cfg.measurement_variance(self._last_dt_s, self._last_dz)
+        if cfg.ocv_soc_error > 0:
+            slope = tab.slope(0, idx0, ft)
+            pyy += (slope * cfg.ocv_soc_error) ** 2
         if second is not None:
             pyy += second
         pyy = np.maximum(pyy, 1e-12)

@@ -370,6 +370,10 @@ def _linspace(a: float, b: float, n: int) -> tuple[float, ...]:
     return tuple(round(a + (b - a) * k / n, 10) for k in range(n + 1))
 
 
+_TEMPERATURE_EDGES_DEGC = (-20.0, -10.0, 0.0, *(5.0 * k for k in range(1, 11)), 60.0)
+_C_RATE_EDGES = (-2.0, -1.0, -0.5, -0.25, -0.1, -0.01, 0.01, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
 @dataclass(frozen=True)
 class LogbookConfig:
     """What the logbook needs to know of the battery, and its thresholds.
@@ -438,36 +442,8 @@ class LogbookConfig:
     self_discharge_settle_s: float = 3600.0
     self_discharge_min_rest_s: float = 6 * 3600.0
     soc_edges: tuple[float, ...] = _linspace(0.0, 1.0, 10)
-    temperature_edges_degc: tuple[float, ...] = (
-        -20.0,
-        -10.0,
-        0.0,
-        5.0,
-        10.0,
-        15.0,
-        20.0,
-        25.0,
-        30.0,
-        35.0,
-        40.0,
-        45.0,
-        50.0,
-        60.0,
-    )
-    c_rate_edges: tuple[float, ...] = (
-        -2.0,
-        -1.0,
-        -0.5,
-        -0.25,
-        -0.1,
-        -0.01,
-        0.01,
-        0.1,
-        0.25,
-        0.5,
-        1.0,
-        2.0,
-    )
+    temperature_edges_degc: tuple[float, ...] = _TEMPERATURE_EDGES_DEGC
+    c_rate_edges: tuple[float, ...] = _C_RATE_EDGES
     depth_edges: tuple[float, ...] = _linspace(0.0, 1.0, 20)
     rainflow_hysteresis_soc: float = 0.01
     rainflow_chunk: int = 64

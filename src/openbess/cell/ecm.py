@@ -32,10 +32,17 @@ import numpy.typing as npt
 
 from openbess.cell.params import CellParams
 
-try:  # optional accelerator: the same arithmetic compiled (see step_compiled)
-    from numba import njit as _numba_njit  # type: ignore[import-untyped, import-not-found, unused-ignore]
-except ImportError:  # pragma: no cover - numba is a declared dependency
-    _numba_njit = None
+
+def _load_njit() -> Any:
+    """``numba.njit``, or None without numba (an optional accelerator, see step_compiled)."""
+    try:
+        from numba import njit  # type: ignore[import-untyped, import-not-found, unused-ignore]
+    except ImportError:  # pragma: no cover - numba is a declared dependency
+        return None
+    return njit
+
+
+_numba_njit: Any = _load_njit()
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -555,7 +562,9 @@ def step(
 
     # SoC: terminal current (with coulombic efficiency on charge), then leakage.
     soc0 = state.soc
-    e0 = model.stored_energy_j(soc0, cap) if stored_energy_start_j is None else stored_energy_start_j
+    e0 = stored_energy_start_j
+    if e0 is None:
+        e0 = model.stored_energy_j(soc0, cap)
     socs = np.empty((2, *np.broadcast(soc0, i, dt_per_q).shape))
     soc_mid, soc1 = socs[0], socs[1]
     np.multiply(i_eta, dt_per_q, out=soc_mid)
@@ -801,7 +810,9 @@ def step_compiled(
     i = vec(current_a)
     temp = vec(temperature_degc)
     cap = vec(capacity_ah)
-    e0 = model.stored_energy_j(soc0, cap) if stored_energy_start_j is None else stored_energy_start_j
+    e0 = stored_energy_start_j
+    if e0 is None:
+        e0 = model.stored_energy_j(soc0, cap)
     row_offset, ft = model.kernel_weights(temp)
     decay, weight = model.rc_decay(temp, dt_s)
     n_rc = decay.shape[0]

@@ -1564,7 +1564,7 @@ class Pack:
     def _drop_electrical_caches(self) -> None:
         self._thev_cache = None
         self._string_thev_cache = None
-        self._pack_thev_cache: tuple[float, float] | None = None
+        self._pack_thev_cache = None
 
     def _cell_tables(self) -> FloatArray:
         return self.model.tables(self.state.soc, self._ecm_temperature_degc)
