@@ -200,3 +200,11 @@ def test_sampled_cell_arrays_have_one_value_per_cell():
     assert tel is not None
     assert site.bms.cell_soc.shape == (1152,)
     assert np.all((site.bms.cell_soc >= 0) & (site.bms.cell_soc <= 1))
+
+
+def test_bms_estimates_track_the_true_state(home_two_days):
+    k = home_two_days
+    # The BMS never reads the twin's truth; after rests at the steep ends of the LFP curve its
+    # model-compensated OCV corrections bring SoC and capacity close to it.
+    assert abs(k["soc_end_estimated"] - k["soc_end"]) < 0.03
+    assert abs(k["soh_estimated"] - k["soh_true"]) < 0.05

@@ -72,12 +72,19 @@ class SocEstimator:
         self.capacity_ah = np.full(n_cells, self.capacity_nominal_ah)
         self.soc = np.full(n_cells, np.nan)
         self.rest_s = np.zeros(n_cells)
-        self.last_sign = np.zeros(n_cells)
         self._anchor_soc = np.full(n_cells, np.nan)
         self._anchor_ah = np.zeros(n_cells)
         self.throughput_ah = np.zeros(n_cells)
         self.net_ah = np.zeros(n_cells)
         self.corrections = 0
+        # Model states tracked alongside the count, so that a rest voltage can be corrected for
+        # the polarisation still decaying (RC pairs) and for the hysteresis actually built up.
+        self.v_rc = np.zeros((model.params.n_rc, n_cells))
+        self.hysteresis = np.zeros(n_cells)
+        self._rc_r_ohm = np.zeros((model.params.n_rc, 1))
+        self._rc_tau_s = np.ones((model.params.n_rc, 1))
+        self._eta = 1.0
+        self._refresh_in_s = 0.0
         grid = model.params.soc_grid
         self._grid = grid
         slope = np.gradient(model.ocv_ref_v, grid)
@@ -96,18 +103,49 @@ class SocEstimator:
             return True
         return False
 
-    def _ocv_to_soc(self, voltage_v: FloatArray, temperature_degc: FloatArray) -> FloatArray:
-        # Invert the branch the cell sits on (hysteresis sign from the last current).
+    def _ocv_to_soc(
+        self,
+        voltage_v: FloatArray,
+        temperature_degc: FloatArray,
+        compensate: bool = False,
+    ) -> FloatArray:
+        """Invert the OCV; with ``compensate``, first remove the modelled RC and hysteresis."""
         p = self.model.params
         j = int(np.argmin(np.abs(p.temperature_grid_degc - float(np.nanmean(temperature_degc)))))
-        ocv = p.ocv_v[j]
-        out = np.empty_like(voltage_v)
-        for sign in (-1.0, 0.0, 1.0):
-            mask = self.last_sign == sign
-            if np.any(mask):
-                branch = np.maximum.accumulate(ocv + p.hysteresis_v[j] * sign)
-                out[mask] = np.interp(voltage_v[mask], branch, self._grid)
-        return out
+        ocv = np.maximum.accumulate(p.ocv_v[j])
+        if not compensate:
+            # Waking up: the hysteresis state is unknown; the mean curve is the best guess.
+            out: FloatArray = np.interp(voltage_v, ocv, self._grid)
+            return out
+        v = voltage_v + self.v_rc.sum(axis=0)
+        z = np.interp(v, ocv, self._grid)
+        for _ in range(2):  # M depends on SoC: two fixed-point passes are plenty
+            m = np.interp(z, self._grid, p.hysteresis_v[j])
+            z = np.interp(v - m * self.hysteresis, ocv, self._grid)
+        return z
+
+    def _track_model(
+        self, i: FloatArray | float, dt_s: float, temperature_degc: FloatArray
+    ) -> None:
+        """Advance the RC voltages and the hysteresis state like the ECM does (zero-order hold)."""
+        self._refresh_in_s -= dt_s
+        if self._refresh_in_s <= 0.0:
+            # Table values at the pack's mean state, refreshed once a minute (they vary slowly).
+            t_mean = np.array([float(np.nanmean(temperature_degc))])
+            z_mean = np.array([float(np.nanmean(self.soc))])
+            tab = self.model.tables(z_mean, t_mean)
+            self._rc_r_ohm = tab[3:, :1]
+            self._rc_tau_s = self.model.rc_tau(t_mean)
+            self._eta = float(self.model.coulombic_efficiency(t_mean)[0])
+            self._refresh_in_s = 60.0
+        decay = np.exp(-dt_s / self._rc_tau_s)
+        v_inf = self._rc_r_ohm * i
+        self.v_rc = v_inf + (self.v_rc - v_inf) * decay
+        q_as = 3600.0 * self.capacity_ah
+        eta = np.where(np.asarray(i) < 0.0, self._eta, 1.0)
+        x = np.abs(eta * i) * self.model.params.hysteresis_rate * dt_s / q_as
+        h_inf = -np.sign(i)
+        self.hysteresis = h_inf + (self.hysteresis - h_inf) * np.exp(-x)
 
     def update(
         self,
@@ -160,6 +198,7 @@ class SocEstimator:
                 self.soc[fresh] = self._ocv_to_soc(cell_voltage_v, cell_temperature_degc)[fresh]
                 self._anchor_soc[fresh] = self.soc[fresh]
             return self.soc
+        self._track_model(i, dt_s, cell_temperature_degc)
         dq_ah: FloatArray | float
         if charging:  # coulombic efficiency where a cell charges
             eta = self.model.coulombic_efficiency(cell_temperature_degc)
@@ -177,7 +216,6 @@ class SocEstimator:
         self.throughput_ah += abs_i * dt_s / 3600.0
         self.net_ah += dq_ah
         moving = abs_i >= cfg.rest_current_c * self.capacity_ah
-        self.last_sign = np.where(moving, _sign(i), self.last_sign)
         self.rest_s = np.where(moving, 0.0, self.rest_s + dt_s)
         if float(np.fmax.reduce(self.rest_s)) >= cfg.rest_time_s:  # fmax skips NaN
             due = (self.rest_s >= cfg.rest_time_s) & voltage_valid
@@ -191,7 +229,7 @@ class SocEstimator:
 
     def _correct(self, due: BoolArray, voltage_v: FloatArray, temperature_degc: FloatArray) -> None:
         cfg = self.config
-        z_ocv = self._ocv_to_soc(voltage_v, temperature_degc)
+        z_ocv = self._ocv_to_soc(voltage_v, temperature_degc, compensate=True)
         slope = np.interp(z_ocv, self._grid, self._slope)
         ok = due & (slope >= cfg.min_ocv_slope_v)
         if not np.any(ok):

@@ -1,0 +1,802 @@
+"""Cell characterisation: a parameter set from measured (or simulated) cell tests.
+
+Input: cell logs in our CSV format (:func:`openbess.cell.io.read_cell_log`). Each log is one of
+three test kinds, recognised from the data (:func:`classify_test`) or given:
+
+* ``ocv``: slow (C/10 or slower) constant-current discharge from full to empty and/or charge
+  from empty to full, with rests before and after. Gives the OCV (mean of the two
+  IR-compensated branches, or the discharge branch alone), the hysteresis half-width M (half the
+  branch difference), the capacity and the coulombic efficiency.
+* ``hppc``: pulses with long rests between SoC steps. Gives OCV points at the end of every rest
+  of 15 min or more, and the dynamics (R0, RC pairs).
+* ``dynamic``: anything else with enough current variation (drive cycles). Gives the dynamics.
+
+Fitting (per test temperature: the median of the log's ``temperature_degc``, 25 degC when
+absent): the OCV and M from the slow tests (from the HPPC rests when there is no slow test at
+that temperature), then R0 and ``n_rc`` RC pairs, SoC-dependent on knots every 0.1, and the
+hysteresis rate with :func:`openbess.cell.fit.fit_ecm_dynamic` on the HPPC (else dynamic, else
+slow) test. Several temperatures give temperature tables; a temperature without a test of some
+kind takes that part from the nearest temperature that has one.
+
+The SoC scale: SoC 1 is the rested state after the slow charge (or at the start of the slow
+discharge), SoC 0 the end of the slow discharge; the capacity is the charge of the slow
+discharge at the reference temperature (the one closest to 25 degC) unless ``capacity_ah`` is
+given. Without a slow test, an HPPC test is taken to start full and end empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from openbess.cell.fit import (
+    DynamicFit,
+    OcvFit,
+    current_runs,
+    fit_ecm_dynamic,
+    format_cell_params_toml,
+    monotone_ocv,
+    ocv_from_branches,
+    ocv_table_from_points,
+    placeholder_params,
+    soc_from_ocv,
+    soc_grid,
+    soc_trajectory,
+    with_dynamics,
+)
+from openbess.cell.io import CellLog, coulombs_ah
+from openbess.cell.params import CellParams, ThermalParams
+from openbess.errors import EstimationError
+
+FloatArray = npt.NDArray[np.float64]
+
+log = logging.getLogger(__name__)
+
+TestKind = Literal["ocv", "hppc", "dynamic"]
+TEST_KINDS: tuple[str, ...] = ("ocv", "hppc", "dynamic")
+
+#: Mass per ampere-hour used for the (unmeasured) thermal parameters [kg/Ah].
+MASS_KG_PER_AH = 0.03
+REFERENCE_TEMPERATURE_DEGC = 25.0
+
+
+# -- recognising the test --------------------------------------------------------------------
+
+
+def log_temperature_degc(cell_log: CellLog) -> float:
+    """Test temperature of a log: median of its finite temperatures, 25 degC if none [degC].
+
+    Parameters
+    ----------
+    cell_log : CellLog
+        The log.
+
+    Returns
+    -------
+    float
+        Temperature [degC], rounded to 0.1.
+    """
+    t = cell_log.temperature_degc
+    t = t[np.isfinite(t)]
+    if t.size == 0:
+        return REFERENCE_TEMPERATURE_DEGC
+    return round(float(np.median(t)), 1)
+
+
+def charge_span_ah(cell_log: CellLog) -> float:
+    """Range of the cumulative net discharged charge over a log [Ah].
+
+    Parameters
+    ----------
+    cell_log : CellLog
+        The log.
+
+    Returns
+    -------
+    float
+        ``max - min`` of the charge count (the SoC span times the capacity).
+    """
+    q = cell_log.discharged_ah()
+    return float(q.max() - q.min()) if q.size else 0.0
+
+
+def _rest_threshold_a(cell_log: CellLog, capacity_ah: float) -> float:
+    """Currents below this are rest [A]: 0.2 % of the capacity per hour (>= 1 mA)."""
+    return max(0.002 * capacity_ah, 1e-3)
+
+
+def _slow_runs(
+    cell_log: CellLog, capacity_ah: float, min_fraction: float = 0.5
+) -> list[tuple[int, int, int]]:
+    """Constant-current runs of C/10 or slower that move at least ``min_fraction`` of Q."""
+    thr = _rest_threshold_a(cell_log, capacity_ah)
+    out = []
+    for a, b, s in current_runs(cell_log.current_a, thr):
+        if s == 0 or b - a < 5:
+            continue
+        i = np.abs(cell_log.current_a[a:b])
+        ah = _run_charge_ah(cell_log, a, b)
+        mean_i = float(np.mean(i))
+        if (
+            ah >= min_fraction * capacity_ah
+            and mean_i <= 0.1 * capacity_ah * 1.05
+            and float(np.std(i)) <= 0.1 * mean_i
+        ):
+            out.append((a, b, s))
+    return out
+
+
+def _run_charge_ah(cell_log: CellLog, a: int, b: int) -> float:
+    """Charge moved by the samples ``a .. b-1`` (each held over the interval before it) [Ah]."""
+    lo = max(a - 1, 0)
+    q = coulombs_ah(cell_log.time_s[lo:b], cell_log.current_a[lo:b])
+    return float(abs(q[-1]))
+
+
+def classify_test(cell_log: CellLog, capacity_ah: float | None = None) -> TestKind:
+    """Recognise the kind of a cell test from its current and timing.
+
+    * ``ocv``: a constant-current run of C/10 or slower moving half of the capacity or more;
+    * ``hppc``: three or more rests of 15 min or more and at least four short (<= 60 s)
+      current pulses;
+    * ``dynamic``: anything else.
+
+    Parameters
+    ----------
+    cell_log : CellLog
+        The log.
+    capacity_ah : float, optional
+        Cell capacity [Ah]; default the charge span of the log.
+
+    Returns
+    -------
+    str
+        ``"ocv"``, ``"hppc"`` or ``"dynamic"``.
+    """
+    cap = capacity_ah if capacity_ah is not None else charge_span_ah(cell_log)
+    if cap <= 0:
+        return "dynamic"
+    if _slow_runs(cell_log, cap):
+        return "ocv"
+    t = cell_log.time_s
+    runs = current_runs(cell_log.current_a, _rest_threshold_a(cell_log, cap))
+    long_rests = 0
+    pulses = 0
+    for a, b, s in runs:
+        start = t[a - 1] if a > 0 else t[a]
+        duration = float(t[b - 1] - start)
+        if s == 0 and duration >= 900.0:
+            long_rests += 1
+        elif s != 0 and duration <= 60.0:
+            pulses += 1
+    if long_rests >= 3 and pulses >= 4:
+        return "hppc"
+    return "dynamic"
+
+
+# -- OCV -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Branch:
+    soc: FloatArray
+    voltage_v: FloatArray
+    charge_ah: float
+    v_rest_before: float
+
+
+def _slow_branch(cell_log: CellLog, a: int, b: int, sign: int) -> _Branch:
+    """IR-compensated voltage along a slow run, with its charge count from the run start."""
+    v = cell_log.voltage_v
+    n = len(cell_log)
+    if a == 0 or b >= n:
+        raise EstimationError(
+            f"{cell_log.source}: the slow {'discharge' if sign > 0 else 'charge'} must be "
+            "preceded and followed by a rest"
+        )
+    # Voltage steps at the start and the end of the run (ohmic drop and fast dynamics).
+    ir_start = sign * (v[a - 1] - v[a])
+    ir_end = sign * (v[b] - v[b - 1])
+    ir_start = max(ir_start, 0.0)
+    ir_end = max(ir_end, 0.0)
+    ir_start, ir_end = min(ir_start, 2.0 * ir_end + 1e-3), min(ir_end, 2.0 * ir_start + 1e-3)
+    blend = np.linspace(0.0, 1.0, b - a)
+    comp = v[a:b] + sign * (ir_start + (ir_end - ir_start) * blend)
+    q = np.abs(coulombs_ah(cell_log.time_s[a - 1 : b], cell_log.current_a[a - 1 : b])[1:])
+    return _Branch(q, comp, float(q[-1]), float(v[a - 1]))
+
+
+@dataclass(frozen=True)
+class OcvResult:
+    """OCV, hysteresis and capacity at one temperature.
+
+    Parameters
+    ----------
+    ocv_v : numpy.ndarray
+        Mean OCV on the SoC grid [V].
+    hysteresis_v : numpy.ndarray
+        Hysteresis half-width M on the SoC grid [V].
+    capacity_ah : float
+        Discharge capacity of the slow test [Ah] (NaN if not measured).
+    coulombic_efficiency : float
+        Charge efficiency [fraction] (1 if not measured).
+    voltage_min_v, voltage_max_v : float
+        Lowest and highest voltage of the test [V].
+    source : str
+        What the OCV was taken from.
+    """
+
+    ocv_v: FloatArray
+    hysteresis_v: FloatArray
+    capacity_ah: float
+    coulombic_efficiency: float
+    voltage_min_v: float
+    voltage_max_v: float
+    source: str
+
+
+def ocv_from_slow_tests(
+    logs: Sequence[CellLog], grid: FloatArray, capacity_ah: float | None = None
+) -> OcvResult:
+    """OCV and hysteresis from slow discharge and/or charge runs (one temperature).
+
+    Parameters
+    ----------
+    logs : sequence of CellLog
+        Slow tests at one temperature.
+    grid : numpy.ndarray
+        SoC grid [fraction].
+    capacity_ah : float, optional
+        Capacity defining the SoC scale [Ah]; default the charge of the slow discharge (or
+        charge).
+
+    Returns
+    -------
+    OcvResult
+        The OCV.
+
+    Raises
+    ------
+    EstimationError
+        If no slow run is found.
+    """
+    dis: list[_Branch] = []
+    chg: list[_Branch] = []
+    vmin, vmax = math.inf, -math.inf
+    for lg in logs:
+        cap_guess = capacity_ah if capacity_ah is not None else charge_span_ah(lg)
+        for a, b, s in _slow_runs(lg, cap_guess):
+            br = _slow_branch(lg, a, b, s)
+            (dis if s > 0 else chg).append(br)
+        vmin = min(vmin, float(np.min(lg.voltage_v)))
+        vmax = max(vmax, float(np.max(lg.voltage_v)))
+    if not dis and not chg:
+        sources = ", ".join(lg.source for lg in logs)
+        raise EstimationError(f"{sources}: no slow (C/10 or slower) discharge or charge found")
+    d = max(dis, key=lambda br: br.charge_ah) if dis else None
+    c = max(chg, key=lambda br: br.charge_ah) if chg else None
+    q_dis = d.charge_ah if d is not None else math.nan
+    q_chg = c.charge_ah if c is not None else math.nan
+    eta = 1.0
+    if d is not None and c is not None:
+        eta = min(1.0, q_dis / q_chg)
+    q = capacity_ah if capacity_ah is not None else (q_dis if d is not None else q_chg * eta)
+    parts = []
+    if d is not None:
+        d_soc = 1.0 - d.soc / q
+        parts.append("slow discharge")
+    if c is not None:
+        # The slow charge ends full (SoC 1).
+        c_soc = 1.0 - (c.charge_ah - c.soc) * eta / q
+        parts.append("slow charge")
+    if d is not None and c is not None:
+        ocv, m = ocv_from_branches(d_soc, d.voltage_v, c_soc, c.voltage_v, grid)
+    else:
+        zs, vs = (d_soc, d.voltage_v) if d is not None else (c_soc, c.voltage_v)  # type: ignore[union-attr]
+        ocv = ocv_table_from_points(zs, vs, grid)
+        m = np.zeros_like(grid)
+    return OcvResult(
+        ocv_v=monotone_ocv(ocv),
+        hysteresis_v=m,
+        capacity_ah=float(q_dis),
+        coulombic_efficiency=float(eta),
+        voltage_min_v=vmin,
+        voltage_max_v=vmax,
+        source=" + ".join(parts),
+    )
+
+
+def ocv_from_rests(
+    cell_log: CellLog,
+    grid: FloatArray,
+    capacity_ah: float,
+    soc0: float,
+    min_rest_s: float = 900.0,
+) -> OcvResult:
+    """OCV from the end of the long rests of an HPPC test (hysteresis from both directions).
+
+    Parameters
+    ----------
+    cell_log : CellLog
+        The HPPC test.
+    grid : numpy.ndarray
+        SoC grid [fraction].
+    capacity_ah : float
+        Capacity [Ah].
+    soc0 : float
+        SoC at the first sample [fraction].
+    min_rest_s : float
+        Minimum rest [s].
+
+    Returns
+    -------
+    OcvResult
+        The OCV (M from rests after charging and after discharging where both exist).
+    """
+    from openbess.cell.fit import ocv_points_from_rests
+
+    thr = _rest_threshold_a(cell_log, capacity_ah)
+    pts = ocv_points_from_rests(
+        cell_log, capacity_ah, soc0, min_rest_s=min_rest_s, rest_threshold_a=thr
+    )
+    # The rest before the first current, if long, is a point too.
+    runs = current_runs(cell_log.current_a, thr)
+    zs = list(pts.soc)
+    vs = list(pts.voltage_v)
+    signs = list(pts.previous_sign)
+    if runs and runs[0][2] == 0:
+        a, b, _ = runs[0]
+        if cell_log.time_s[b - 1] - cell_log.time_s[a] >= min_rest_s:
+            zs.insert(0, soc0)
+            vs.insert(0, float(cell_log.voltage_v[b - 1]))
+            signs.insert(0, 0)
+    z = np.asarray(zs)
+    v = np.asarray(vs)
+    sg = np.asarray(signs)
+    m = np.zeros_like(grid)
+    dis = sg >= 0
+    chg = sg <= 0
+    if np.count_nonzero(sg > 0) >= 2 and np.count_nonzero(sg < 0) >= 2:
+        ocv, m = ocv_from_branches(z[dis], v[dis], z[chg], v[chg], grid)
+    else:
+        ocv = ocv_table_from_points(z, v, grid)
+    return OcvResult(
+        ocv_v=monotone_ocv(ocv),
+        hysteresis_v=m,
+        capacity_ah=math.nan,
+        coulombic_efficiency=1.0,
+        voltage_min_v=float(np.min(cell_log.voltage_v)),
+        voltage_max_v=float(np.max(cell_log.voltage_v)),
+        source="HPPC rests",
+    )
+
+
+# -- the whole characterisation -------------------------------------------------------------
+
+
+@dataclass
+class TestSummary:
+    """What was done with one input log.
+
+    Parameters
+    ----------
+    source : str
+        File name.
+    kind : str
+        Test kind (recognised or given).
+    temperature_degc : float
+        Test temperature [degC].
+    samples : int
+        Number of samples.
+    used_for : list of str
+        What was fitted from it.
+    fit_rmse_mv : float or None
+        Voltage RMSE of the dynamic fit on it [mV].
+    """
+
+    source: str
+    kind: str
+    temperature_degc: float
+    samples: int
+    used_for: list[str] = field(default_factory=list)
+    fit_rmse_mv: float | None = None
+
+
+@dataclass
+class Characterization:
+    """Result of :func:`characterize`.
+
+    Parameters
+    ----------
+    params : CellParams
+        The fitted parameter set.
+    tests : list of TestSummary
+        One entry per input log.
+    notes : list of str
+        Assumptions and fallbacks taken.
+    """
+
+    params: CellParams
+    tests: list[TestSummary]
+    notes: list[str]
+
+    def to_toml(self) -> str:
+        """The parameter set as TOML, with a header on how it was made.
+
+        Returns
+        -------
+        str
+            TOML text for :func:`openbess.cell.params.load_cell_params`.
+        """
+        lines = ["Generated by `openbess characterize` from:"]
+        for t in self.tests:
+            rmse = f", fit RMSE {t.fit_rmse_mv:.2f} mV" if t.fit_rmse_mv is not None else ""
+            used = ", ".join(t.used_for) or "not used"
+            lines.append(
+                f"  {t.source}: {t.kind} test at {t.temperature_degc:g} degC, "
+                f"{t.samples} samples -> {used}{rmse}"
+            )
+        lines += [f"Note: {n}" for n in self.notes]
+        return format_cell_params_toml(self.params, header="\n".join(lines))
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-friendly summary.
+
+        Returns
+        -------
+        dict
+            Name, capacity, temperatures, tests and notes.
+        """
+        p = self.params
+        mid = p.soc_grid.size // 2
+        ref = int(np.argmin(np.abs(p.temperature_grid_degc - REFERENCE_TEMPERATURE_DEGC)))
+        return {
+            "name": p.name,
+            "chemistry": p.chemistry,
+            "capacity_ah": round(p.capacity_ah, 5),
+            "temperatures_degc": p.temperature_grid_degc.tolist(),
+            "r0_mohm_at_50pct": round(1e3 * float(p.r0_ohm[ref, mid]), 3),
+            "rc_tau_s": np.round(p.rc_tau_s[:, ref], 2).tolist(),
+            "hysteresis_max_mv": round(1e3 * float(p.hysteresis_v.max()), 2),
+            "tests": [t.__dict__ for t in self.tests],
+            "notes": self.notes,
+        }
+
+
+def _guess_chemistry(ocv_mid_v: float) -> str:
+    if ocv_mid_v < 2.6:
+        return "LTO"
+    if ocv_mid_v < 3.45:
+        return "LFP"
+    return "NMC"
+
+
+def _nearest(temps: Sequence[float], t: float) -> float:
+    return min(temps, key=lambda x: (abs(x - t), x))
+
+
+def characterize(
+    logs: Sequence[CellLog],
+    *,
+    capacity_ah: float | None = None,
+    kinds: Sequence[TestKind | None] | None = None,
+    soc_points: int = 41,
+    n_rc: int = 2,
+    name: str = "characterized",
+    chemistry: str | None = None,
+    max_evaluations: int = 200,
+    knot_step: float = 0.1,
+) -> Characterization:
+    """Fit a cell parameter set from cell tests (see the module docstring).
+
+    Parameters
+    ----------
+    logs : sequence of CellLog
+        The tests (one cell each).
+    capacity_ah : float, optional
+        Capacity [Ah]; default measured (slow discharge at the reference temperature).
+    kinds : sequence of str or None, optional
+        Test kind per log (``None`` entries: recognised from the data).
+    soc_points : int
+        Points of the SoC grid of the tables.
+    n_rc : int
+        Number of RC pairs.
+    name : str
+        Name of the parameter set.
+    chemistry : str, optional
+        Chemistry label; default guessed from the OCV at 50 % (LFP below 3.45 V).
+    max_evaluations : int
+        Budget of the time-constant search per dynamic fit.
+    knot_step : float
+        Spacing of the SoC knots of the resistances [fraction] (must fall on the grid).
+
+    Returns
+    -------
+    Characterization
+        Parameters, what each test was used for, and notes.
+
+    Raises
+    ------
+    EstimationError
+        If the tests do not allow a fit (no OCV information, nothing to fit the dynamics).
+    ValueError
+        On bad arguments.
+    """
+    if not logs:
+        raise ValueError("no cell logs given")
+    if kinds is not None and len(kinds) != len(logs):
+        raise ValueError(f"{len(kinds)} kinds given for {len(logs)} logs")
+    if capacity_ah is not None and capacity_ah <= 0:
+        raise ValueError(f"capacity_ah must be > 0, got {capacity_ah}")
+    if n_rc < 1:
+        raise ValueError(f"n_rc must be >= 1, got {n_rc}")
+    grid = soc_grid(soc_points)
+    step = 1.0 / (soc_points - 1)
+    n_knots = round(1.0 / knot_step)
+    if (
+        abs(n_knots * knot_step - 1.0) > 1e-9
+        or abs(knot_step / step - round(knot_step / step)) > 1e-6
+    ):
+        raise ValueError(
+            f"knot_step {knot_step} must divide 1 and be a multiple of the grid step {step:g}"
+        )
+    knots = np.linspace(0.0, 1.0, n_knots + 1)
+    notes: list[str] = []
+    tests: list[TestSummary] = []
+    by_kind: dict[str, dict[float, list[tuple[int, CellLog]]]] = {k: {} for k in TEST_KINDS}
+    cap_hint = capacity_ah
+    if cap_hint is None:
+        spans = [charge_span_ah(lg) for lg in logs]
+        cap_hint = max(spans) if spans else None
+    for k, lg in enumerate(logs):
+        if len(lg) < 10:
+            raise EstimationError(f"{lg.source}: too short to use ({len(lg)} samples)")
+        given = kinds[k] if kinds is not None else None
+        if given is not None and given not in TEST_KINDS:
+            raise ValueError(f"unknown test kind {given!r} (one of {', '.join(TEST_KINDS)})")
+        kind: TestKind = given if given is not None else classify_test(lg, cap_hint)
+        temp = log_temperature_degc(lg)
+        if not np.any(np.isfinite(lg.temperature_degc)):
+            notes.append(f"{lg.source}: no temperature column, taken as 25 degC")
+        tests.append(TestSummary(lg.source, kind, temp, len(lg)))
+        by_kind[kind].setdefault(temp, []).append((k, lg))
+    temps = sorted({t.temperature_degc for t in tests})
+    ref_t = _nearest(temps, REFERENCE_TEMPERATURE_DEGC)
+
+    # 1. OCV, hysteresis, capacity from the slow tests.
+    ocv_at: dict[float, OcvResult] = {}
+    for t, items in by_kind["ocv"].items():
+        res = ocv_from_slow_tests([lg for _, lg in items], grid, capacity_ah)
+        ocv_at[t] = res
+        for k, _ in items:
+            tests[k].used_for.append(f"OCV ({res.source})")
+    capacity = capacity_ah
+    if capacity is None and ocv_at:
+        t_cap = _nearest(list(ocv_at), ref_t)
+        capacity = ocv_at[t_cap].capacity_ah
+        if not math.isfinite(capacity):
+            capacity = None
+    if capacity is None and by_kind["hppc"]:
+        t_h = _nearest(list(by_kind["hppc"]), ref_t)
+        lg = by_kind["hppc"][t_h][0][1]
+        capacity = float(lg.discharged_ah().max())
+        notes.append(
+            f"capacity {capacity:.4g} Ah: charge discharged by the HPPC test {lg.source} "
+            "(taken to start full and end empty)"
+        )
+    if capacity is None:
+        capacity = float(max(charge_span_ah(lg) for lg in logs))
+        notes.append(f"capacity {capacity:.4g} Ah: the largest charge span of the logs")
+    if capacity <= 0:
+        raise EstimationError("cannot determine the capacity (no current in the logs?)")
+
+    # OCV from HPPC rests where there is no slow test.
+    for t, items in by_kind["hppc"].items():
+        if t in ocv_at:
+            continue
+        k, lg = items[0]
+        soc0 = 1.0
+        if ocv_at:
+            near = ocv_at[_nearest(list(ocv_at), t)]
+            provisional = _provisional(near, grid, capacity, name)
+            soc0, _ = _start_state(lg, provisional, REFERENCE_TEMPERATURE_DEGC)
+        else:
+            notes.append(f"{lg.source}: HPPC taken to start full (SoC 1)")
+        ocv_at[t] = ocv_from_rests(lg, grid, capacity, soc0)
+        tests[k].used_for.append("OCV (rests)")
+    if not ocv_at:
+        raise EstimationError(
+            "no OCV information: give a slow OCV test or an HPPC test with long rests "
+            "(or set --kind)"
+        )
+    ocv_temps = sorted(ocv_at)
+    for t in temps:
+        if t not in ocv_at:
+            src = _nearest(ocv_temps, t)
+            ocv_at[t] = ocv_at[src]
+            notes.append(f"OCV at {t:g} degC taken from {src:g} degC")
+    nt = len(temps)
+    ocv_tab = np.stack([ocv_at[t].ocv_v for t in temps])
+    m_tab = np.stack([ocv_at[t].hysteresis_v for t in temps])
+    eta = np.array([ocv_at[t].coulombic_efficiency for t in temps])
+    vmin = min(r.voltage_min_v for r in ocv_at.values())
+    vmax = max(r.voltage_max_v for r in ocv_at.values())
+    ocv_fit = OcvFit(
+        temperature_degc=np.array(temps, dtype=np.float64),
+        soc=grid,
+        ocv_v=monotone_ocv(ocv_tab),
+        hysteresis_v=m_tab,
+        capacity_ah=np.full(nt, capacity),
+        coulombic_efficiency=eta,
+        step_resistance_ohm=np.full(nt, np.nan),
+        raw_ocv_v=ocv_tab,
+    )
+    ref = temps.index(ref_t)
+    ocv_mid = float(np.interp(0.5, grid, ocv_tab[ref]))
+    chem = chemistry or _guess_chemistry(ocv_mid)
+    base = placeholder_params(
+        name,
+        chem,
+        ocv_fit,
+        capacity,
+        voltage_min_v=round(vmin, 3),
+        voltage_max_v=round(vmax, 3),
+        nominal_voltage_v=round(ocv_mid, 3),
+        thermal=ThermalParams(mass_kg=MASS_KG_PER_AH * capacity),
+        n_rc=n_rc,
+    )
+
+    # 2. Dynamics per temperature: HPPC, else dynamic, else the slow test.
+    fits: dict[float, DynamicFit] = {}
+    for t in temps:
+        dyn_items = (
+            by_kind["hppc"].get(t) or by_kind["dynamic"].get(t) or by_kind["ocv"].get(t) or []
+        )
+        if not dyn_items:
+            continue
+        k, lg = max(dyn_items, key=lambda kl: len(kl[1]))
+        soc0, h0 = _start_state(lg, base, t)
+        has_m = bool(np.any(base.hysteresis_v > 0))
+        fit = fit_ecm_dynamic(
+            lg,
+            base,
+            soc0=soc0,
+            temperature_degc=t,
+            hysteresis0=h0,
+            n_rc=n_rc,
+            tau_guess_s=tuple(float(x) for x in np.geomspace(10.0, 300.0, n_rc)),
+            soc_knots=knots.tolist(),
+            fit_hysteresis=has_m,
+            max_evaluations=max_evaluations,
+        )
+        fits[t] = fit
+        tests[k].used_for.append("R0, RC" + (", hysteresis rate" if has_m else ""))
+        tests[k].fit_rmse_mv = round(1e3 * fit.rmse_v, 3)
+        log.info("dynamics at %g degC from %s: rmse %.2f mV", t, lg.source, 1e3 * fit.rmse_v)
+    if not fits:
+        raise EstimationError("nothing to fit the dynamics on")
+    for t in temps:
+        if t not in fits:
+            notes.append(f"R0 and RC at {t:g} degC taken from {_nearest(list(fits), t):g} degC")
+    params = with_dynamics(base, fits)
+    if not np.any(params.hysteresis_v > 0):
+        params = replace(params, hysteresis_rate=0.0)
+    sources = ", ".join(sorted({t.source for t in tests}))
+    params = replace(params, source=f"openbess characterize from {sources}")
+    return Characterization(params, tests, notes)
+
+
+def _provisional(res: OcvResult, grid: FloatArray, capacity: float, name: str) -> CellParams:
+    """A parameter set with only an OCV (to invert voltages to SoC)."""
+    fit = OcvFit(
+        temperature_degc=np.array([REFERENCE_TEMPERATURE_DEGC]),
+        soc=grid,
+        ocv_v=res.ocv_v[None, :],
+        hysteresis_v=np.zeros((1, grid.size)),
+        capacity_ah=np.array([capacity]),
+        coulombic_efficiency=np.array([res.coulombic_efficiency]),
+        step_resistance_ohm=np.array([np.nan]),
+        raw_ocv_v=res.ocv_v[None, :],
+    )
+    return placeholder_params(
+        name, "unknown", fit, capacity, 0.0, 10.0, 3.0, ThermalParams(mass_kg=1.0)
+    )
+
+
+def _start_state(
+    cell_log: CellLog, params: CellParams, temperature_degc: float
+) -> tuple[float, float]:
+    """SoC and hysteresis at the first sample of a test, from its first (rested) voltage.
+
+    A test that starts at the top of the voltage window is taken to start full after a charge
+    (h = +1); otherwise the OCV is inverted on the mean branch (h = 0).
+    """
+    v0 = float(cell_log.voltage_v[0])
+    mid = soc_from_ocv(params, v0, temperature_degc, 0.0)
+    top = float(np.max(params.ocv_v)) - 0.01 * (
+        float(np.max(params.ocv_v)) - float(np.min(params.ocv_v))
+    )
+    if v0 >= top or mid >= 0.99:
+        return 1.0, 1.0
+    return mid, 0.0
+
+
+def soc_of_test(cell_log: CellLog, params: CellParams) -> FloatArray:
+    """Coulomb-counted SoC along a test from its start state (as the fit assumed it).
+
+    Parameters
+    ----------
+    cell_log : CellLog
+        The test.
+    params : CellParams
+        The fitted parameter set.
+
+    Returns
+    -------
+    numpy.ndarray
+        SoC [fraction].
+    """
+    t = log_temperature_degc(cell_log)
+    soc0, _ = _start_state(cell_log, params, t)
+    eta = float(np.interp(t, params.temperature_grid_degc, params.coulombic_efficiency))
+    return soc_trajectory(cell_log, params.capacity_ah, soc0, eta)
+
+
+def parse_kinds(values: Sequence[str], n_logs: int) -> list[TestKind | None]:
+    """Parse ``--kind`` values: one per file, or a single one for all (``auto`` = recognise).
+
+    Parameters
+    ----------
+    values : sequence of str
+        The values.
+    n_logs : int
+        Number of files.
+
+    Returns
+    -------
+    list
+        Kind per file (None: recognise).
+
+    Raises
+    ------
+    ValueError
+        On an unknown kind or a count that matches neither 1 nor ``n_logs``.
+    """
+    out: list[TestKind | None] = []
+    for v in values:
+        key = v.strip().lower()
+        if key == "auto":
+            out.append(None)
+        elif key in TEST_KINDS:
+            out.append(key)  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"unknown test kind {v!r} (one of auto, {', '.join(TEST_KINDS)})")
+    if not out:
+        return [None] * n_logs
+    if len(out) == 1:
+        return out * n_logs
+    if len(out) != n_logs:
+        raise ValueError(f"{len(out)} --kind values for {n_logs} files (give 1 or {n_logs})")
+    return out
+
+
+def kinds_by_source(result: Characterization) -> Mapping[str, str]:
+    """Test kind of every input, by source name.
+
+    Parameters
+    ----------
+    result : Characterization
+        A characterisation.
+
+    Returns
+    -------
+    dict
+        Source to kind.
+    """
+    return {t.source: t.kind for t in result.tests}
