@@ -122,7 +122,8 @@ class SocEstimator:
         for _ in range(2):  # M depends on SoC: two fixed-point passes are plenty
             m = np.interp(z, self._grid, p.hysteresis_v[j])
             z = np.interp(v - m * self.hysteresis, ocv, self._grid)
-        return z
+        out_z: FloatArray = z
+        return out_z
 
     def _track_model(
         self, i: FloatArray | float, dt_s: float, temperature_degc: FloatArray
