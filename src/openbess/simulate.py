@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from openbess.bms.bms import BatteryManagementSystem, BmsSetup
 from openbess.bms.defaults import default_params
+from openbess.bms.logbook import LogbookWriter
 from openbess.cell.params import CellParams
 from openbess.clock import Clock, ScaledClock, SimClock
 from openbess.config import SiteConfig
@@ -49,9 +50,13 @@ class StoreRecorder:
         Source of per-cell estimates, balancing state and events.
     """
 
-    def __init__(self, store: RunStore, bms: BatteryManagementSystem) -> None:
+    def __init__(self, store: RunStore, bms: BatteryManagementSystem, db_path: Path) -> None:
         self.store = store
         self.bms = bms
+        run_id = store.run_id
+        if run_id is None:  # pragma: no cover - start_run() is called first
+            raise ValueError("start a run before recording")
+        self.logbook_writer = LogbookWriter(db_path, run_id, interval_s=900.0)
 
     def record_cycle(
         self,
@@ -73,6 +78,12 @@ class StoreRecorder:
         )
         for ev in self.bms.pop_events():
             self.store.record_event(ev.time_s, ev.kind, ev.code, ev.severity, ev.message)
+        self.logbook_writer.maybe_save(self.bms.logbook, telemetry.time_s)
+
+    def close(self, time_s: float) -> None:
+        """Save the final logbook snapshot and close the logbook writer."""
+        self.logbook_writer.save(self.bms.logbook, time_s)
+        self.logbook_writer.close()
 
     def record_event(
         self,
@@ -161,6 +172,18 @@ class Site:
     controller: Controller
     store: RunStore | None
 
+    def finish(self, time_s: float, kpis: dict[str, Any]) -> None:
+        """Record the KPIs and the final logbook, end the run and close the database."""
+        rec = self.controller.recorder
+        if isinstance(rec, StoreRecorder):
+            rec.close(time_s)
+        if self.store is not None:
+            self.store.record_kpis(
+                {k: float(v) for k, v in kpis.items() if isinstance(v, int | float)}
+            )
+            self.store.end_run(time_s)
+            self.store.close()
+
 
 def build_site(
     config: SiteConfig,
@@ -197,7 +220,7 @@ def build_site(
         decimation = max(1, round(config.storage.cell_log_interval_s / step_s))
         store = RunStore(db_path, cell_decimation=decimation)
         store.start_run(config.name, config.model_dump(mode="json"), started_at_s=start_s)
-        recorder = StoreRecorder(store, bms)
+        recorder = StoreRecorder(store, bms, db_path)
     controller = Controller(
         plant=twin,
         bms=bms,
@@ -431,12 +454,7 @@ def simulate(
         bar.close()
         wall = time.perf_counter() - wall0
         kpis = run_kpis(site, soc_start, wall)
-        if site.store is not None:
-            site.store.record_kpis(
-                {k: float(v) for k, v in kpis.items() if isinstance(v, int | float)}
-            )
-            site.store.end_run(clock.now_s())
-            site.store.close()
+        site.finish(clock.now_s(), kpis)
     return kpis
 
 
@@ -525,10 +543,5 @@ def run_realtime(
         for s, h in old.items():
             signal.signal(s, h)
         kpis = run_kpis(site, soc_start, time.monotonic() - wall0)
-        if site.store is not None:
-            site.store.record_kpis(
-                {k: float(v) for k, v in kpis.items() if isinstance(v, int | float)}
-            )
-            site.store.end_run(now)
-            site.store.close()
+        site.finish(now, kpis)
     return kpis

@@ -26,6 +26,7 @@ from openbess.bms.contactor import ContactorRequest as MachineRequest
 from openbess.bms.defaults import BmsParams
 from openbess.bms.estimator import SocEstimator
 from openbess.bms.limits import LimitCalculator
+from openbess.bms.logbook import Logbook, LogbookConfig
 from openbess.bms.protection import EventKind, Protection, ProtectionInputs, ProtectionResult
 from openbess.cell.ecm import CellModel
 from openbess.cell.params import CellParams
@@ -176,6 +177,17 @@ class BatteryManagementSystem:
         self.events: list[BmsEvent] = []
         #: Alarms raised (or escalated) so far, by code.
         self.alarm_counts: dict[str, int] = {}
+        #: Diagnostics and warranty logbook (EU 2023/1542 Annex VII figures).
+        self.logbook = Logbook(
+            LogbookConfig(
+                nominal_capacity_ah=setup.cell.capacity_ah * setup.n_strings,
+                nominal_energy_wh=setup.cell.capacity_ah
+                * setup.cell.nominal_voltage_v
+                * setup.n_cells,
+                cell_voltage_min_v=setup.cell.voltage_min_v,
+                cell_voltage_max_v=setup.cell.voltage_max_v,
+            )
+        )
         self.balancing: BoolArray = np.zeros(setup.n_cells, dtype=bool)
         self.last_time_s: float | None = None
         self.result: ProtectionResult | None = None
@@ -435,6 +447,28 @@ class BatteryManagementSystem:
             balancing_cells=n_balancing,
             gate=last_decision,
         )
+        nan = math.nan
+        known = estimated
+        self.logbook.update(
+            now_s,
+            dt_s,
+            pack_i,
+            m.pack_voltage_v,
+            soc if known else nan,
+            z_min if known else nan,
+            z_max if known else nan,
+            v_min,
+            v_max,
+            t_min,
+            t_max,
+            t_avg,
+            soh,
+            float(np.minimum.reduce(self.estimator.capacity_ah)) * s.n_strings,
+            alarms=self._alarm_labels,
+            balancing_cells=n_balancing,
+        )
+        for lev in self.logbook.pop_events():
+            self.events.append(BmsEvent(lev.time_s, lev.kind, lev.code, lev.severity, lev.message))
         return telemetry, limits
 
     def _balancing(

@@ -185,14 +185,37 @@ def classify_test(cell_log: CellLog, capacity_ah: float | None = None) -> TestKi
 
 @dataclass(frozen=True)
 class _Branch:
-    soc: FloatArray
+    soc_ah: FloatArray  # charge moved since the run start [Ah]
     voltage_v: FloatArray
     charge_ah: float
-    v_rest_before: float
+    current_a: float  # mean magnitude [A]
+    step_v: float  # smallest voltage step at the ends of the run [V]
+    v_rest_before: float | None  # rested voltage before the run [V]
+    v_rest_after: float | None  # rested voltage at the end of the rest after the run [V]
+
+
+def _rest_end_voltage(cell_log: CellLog, a: int, b: int, forward: bool) -> float | None:
+    """Voltage at the far end of the rest adjoining a run (None if under 15 min)."""
+    thr = max(1e-3, 0.02 * float(np.mean(np.abs(cell_log.current_a[a:b]))))
+    rest = np.abs(cell_log.current_a) <= thr
+    t = cell_log.time_s
+    if forward:
+        k = b
+        while k < rest.size and rest[k]:
+            k += 1
+        if k == b or t[k - 1] - t[b - 1] < 900.0:
+            return None
+        return float(cell_log.voltage_v[k - 1])
+    k = a - 1
+    while k >= 0 and rest[k]:
+        k -= 1
+    if k == a - 1 or t[a - 1] - t[k + 1] < 900.0:
+        return None
+    return float(cell_log.voltage_v[a - 1])
 
 
 def _slow_branch(cell_log: CellLog, a: int, b: int, sign: int) -> _Branch:
-    """IR-compensated voltage along a slow run, with its charge count from the run start."""
+    """Voltage along a slow run with its charge count from the run start (not compensated)."""
     v = cell_log.voltage_v
     n = len(cell_log)
     if a == 0 or b >= n:
@@ -200,16 +223,114 @@ def _slow_branch(cell_log: CellLog, a: int, b: int, sign: int) -> _Branch:
             f"{cell_log.source}: the slow {'discharge' if sign > 0 else 'charge'} must be "
             "preceded and followed by a rest"
         )
-    # Voltage steps at the start and the end of the run (ohmic drop and fast dynamics).
-    ir_start = sign * (v[a - 1] - v[a])
-    ir_end = sign * (v[b] - v[b - 1])
-    ir_start = max(ir_start, 0.0)
-    ir_end = max(ir_end, 0.0)
-    ir_start, ir_end = min(ir_start, 2.0 * ir_end + 1e-3), min(ir_end, 2.0 * ir_start + 1e-3)
-    blend = np.linspace(0.0, 1.0, b - a)
-    comp = v[a:b] + sign * (ir_start + (ir_end - ir_start) * blend)
+    steps = [abs(v[a - 1] - v[a]), abs(v[b] - v[b - 1])]
     q = np.abs(coulombs_ah(cell_log.time_s[a - 1 : b], cell_log.current_a[a - 1 : b])[1:])
-    return _Branch(q, comp, float(q[-1]), float(v[a - 1]))
+    return _Branch(
+        soc_ah=q,
+        voltage_v=v[a:b].copy(),
+        charge_ah=float(q[-1]),
+        current_a=float(np.mean(np.abs(cell_log.current_a[a:b]))),
+        step_v=float(min(steps)),
+        v_rest_before=_rest_end_voltage(cell_log, a, b, forward=False),
+        v_rest_after=_rest_end_voltage(cell_log, a, b, forward=True),
+    )
+
+
+@dataclass(frozen=True)
+class SlowTest:
+    """Slow discharge and/or charge branches at one temperature, on the SoC grid.
+
+    The branches are the measured voltages (not IR-compensated); :meth:`ocv` turns them into
+    OCV and hysteresis with a resistance, consistently with the ECM: under a constant current
+    ``I`` held long enough, the ECM's terminal voltage is ``OCV -+ M - I (R0 + sum R_k)``.
+
+    Parameters
+    ----------
+    grid : numpy.ndarray
+        SoC grid [fraction].
+    discharge_v, charge_v : numpy.ndarray or None
+        Branch voltages on the grid [V] (None when that branch was not measured).
+    discharge_current_a, charge_current_a : float
+        Mean current magnitude of each branch [A] (0 when absent).
+    step_resistance_ohm : float
+        Smallest end-of-run voltage step over the current [ohm] (a first resistance guess).
+    full_rest_v, empty_rest_v : float or None
+        Rested voltage at SoC 1 (before the discharge / after the charge) and at the end of
+        the discharge (SoC ``empty_soc``) [V].
+    empty_soc : float
+        SoC at the end of the slow discharge [fraction].
+    capacity_ah : float
+        Charge of the slow discharge [Ah] (NaN if none).
+    coulombic_efficiency : float
+        Discharge over charge between the same limits [fraction] (1 if not both measured).
+    voltage_min_v, voltage_max_v : float
+        Voltage range of the tests [V].
+    source : str
+        What was measured.
+    """
+
+    grid: FloatArray
+    discharge_v: FloatArray | None
+    charge_v: FloatArray | None
+    discharge_current_a: float
+    charge_current_a: float
+    step_resistance_ohm: float
+    full_rest_v: float | None
+    empty_rest_v: float | None
+    empty_soc: float
+    capacity_ah: float
+    coulombic_efficiency: float
+    voltage_min_v: float
+    voltage_max_v: float
+    source: str
+
+    def ocv(self, resistance_ohm: FloatArray | float | None = None) -> OcvResult:
+        """OCV and hysteresis with a given steady-state resistance.
+
+        Parameters
+        ----------
+        resistance_ohm : numpy.ndarray or float, optional
+            ``R0 + sum R_k`` on the grid [ohm]; default the step resistance.
+
+        Returns
+        -------
+        OcvResult
+            OCV (mean of the compensated branches) and M (what is left of their half
+            difference), capped outside SoC 0.1 .. 0.9 at the interior maximum.
+        """
+        grid = self.grid
+        r = self.step_resistance_ohm if resistance_ohm is None else resistance_ohm
+        r_arr = np.broadcast_to(np.asarray(r, dtype=np.float64), grid.shape)
+        m = np.zeros_like(grid)
+        if self.discharge_v is not None and self.charge_v is not None:
+            vd = self.discharge_v + r_arr * self.discharge_current_a
+            vc = self.charge_v - r_arr * self.charge_current_a
+            ocv = 0.5 * (vd + vc)
+            m = np.clip(0.5 * (vc - vd), 0.0, None)
+            inner = (grid >= 0.1) & (grid <= 0.9)
+            if np.any(inner):
+                m = np.minimum(m, m[inner].max())
+        elif self.discharge_v is not None:
+            ocv = self.discharge_v + r_arr * self.discharge_current_a
+        elif self.charge_v is not None:
+            ocv = self.charge_v - r_arr * self.charge_current_a
+        else:  # pragma: no cover - construction guarantees a branch
+            raise EstimationError("no slow branch")
+        ocv = ocv.copy()
+        # Rested end points (the branch mean near the cut-offs is mostly polarisation).
+        if self.full_rest_v is not None:
+            ocv[-1] = self.full_rest_v - m[-1]
+        if self.empty_rest_v is not None and self.empty_soc <= 0.5 / (grid.size - 1):
+            ocv[0] = self.empty_rest_v + m[0]
+        return OcvResult(
+            ocv_v=monotone_ocv(ocv),
+            hysteresis_v=m,
+            capacity_ah=self.capacity_ah,
+            coulombic_efficiency=self.coulombic_efficiency,
+            voltage_min_v=self.voltage_min_v,
+            voltage_max_v=self.voltage_max_v,
+            source=self.source,
+        )
 
 
 @dataclass(frozen=True)
@@ -241,10 +362,18 @@ class OcvResult:
     source: str
 
 
-def ocv_from_slow_tests(
+def _on_grid(soc: FloatArray, v: FloatArray, grid: FloatArray) -> FloatArray:
+    o = np.argsort(soc)
+    out: FloatArray = np.interp(grid, soc[o], v[o])
+    return out
+
+
+def slow_tests(
     logs: Sequence[CellLog], grid: FloatArray, capacity_ah: float | None = None
-) -> OcvResult:
-    """OCV and hysteresis from slow discharge and/or charge runs (one temperature).
+) -> SlowTest:
+    """Collect the slow discharge and charge branches of OCV tests at one temperature.
+
+    The slow discharge is taken to start full (SoC 1) and the slow charge to end full.
 
     Parameters
     ----------
@@ -258,8 +387,8 @@ def ocv_from_slow_tests(
 
     Returns
     -------
-    OcvResult
-        The OCV.
+    SlowTest
+        The branches.
 
     Raises
     ------
@@ -282,28 +411,42 @@ def ocv_from_slow_tests(
     d = max(dis, key=lambda br: br.charge_ah) if dis else None
     c = max(chg, key=lambda br: br.charge_ah) if chg else None
     q_dis = d.charge_ah if d is not None else math.nan
-    q_chg = c.charge_ah if c is not None else math.nan
     eta = 1.0
     if d is not None and c is not None:
-        eta = min(1.0, q_dis / q_chg)
-    q = capacity_ah if capacity_ah is not None else (q_dis if d is not None else q_chg * eta)
+        eta = min(1.0, d.charge_ah / c.charge_ah)
+    if capacity_ah is not None:
+        q = capacity_ah
+    elif d is not None:
+        q = d.charge_ah
+    else:
+        q = c.charge_ah * eta  # type: ignore[union-attr]
     parts = []
+    dv = cv = None
+    steps = []
+    full_rest = empty_rest = None
+    empty_soc = 1.0
     if d is not None:
-        d_soc = 1.0 - d.soc / q
+        dv = _on_grid(1.0 - d.soc_ah / q, d.voltage_v, grid)
+        steps.append(d.step_v / max(d.current_a, 1e-12))
+        full_rest = d.v_rest_before
+        empty_rest = d.v_rest_after
+        empty_soc = max(0.0, 1.0 - d.charge_ah / q)
         parts.append("slow discharge")
     if c is not None:
-        # The slow charge ends full (SoC 1).
-        c_soc = 1.0 - (c.charge_ah - c.soc) * eta / q
+        cv = _on_grid(1.0 - (c.charge_ah - c.soc_ah) * eta / q, c.voltage_v, grid)
+        steps.append(c.step_v / max(c.current_a, 1e-12))
+        full_rest = c.v_rest_after if c.v_rest_after is not None else full_rest
         parts.append("slow charge")
-    if d is not None and c is not None:
-        ocv, m = ocv_from_branches(d_soc, d.voltage_v, c_soc, c.voltage_v, grid)
-    else:
-        zs, vs = (d_soc, d.voltage_v) if d is not None else (c_soc, c.voltage_v)  # type: ignore[union-attr]
-        ocv = ocv_table_from_points(zs, vs, grid)
-        m = np.zeros_like(grid)
-    return OcvResult(
-        ocv_v=monotone_ocv(ocv),
-        hysteresis_v=m,
+    return SlowTest(
+        grid=grid,
+        discharge_v=dv,
+        charge_v=cv,
+        discharge_current_a=d.current_a if d is not None else 0.0,
+        charge_current_a=c.current_a if c is not None else 0.0,
+        step_resistance_ohm=float(min(steps)),
+        full_rest_v=full_rest,
+        empty_rest_v=empty_rest,
+        empty_soc=empty_soc,
         capacity_ah=float(q_dis),
         coulombic_efficiency=float(eta),
         voltage_min_v=vmin,
