@@ -84,7 +84,10 @@ class SelfConsumption:
         net_w = site.grid_power_w + site.battery_ac_power_w  # load - pv, as seen by the meter
         if abs(site.grid_power_w) < self.deadband_w:
             net_w = site.battery_ac_power_w
-        target = min(max(net_w, -self.max_charge_power_w), self.max_discharge_power_w)
+        # Ask only for what the BMS says the battery may do now (the gate would clamp anyway).
+        max_chg = min(self.max_charge_power_w, telemetry.charge_power_limit_w)
+        max_dis = min(self.max_discharge_power_w, telemetry.discharge_power_limit_w)
+        target = min(max(net_w, -max_chg), max_dis)
         floor = max(self.reserve_soc, self.soc_min)
         if target > 0 and telemetry.soc <= floor:
             target = 0.0
