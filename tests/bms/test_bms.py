@@ -43,14 +43,19 @@ def make_bms(n_strings: int, modules_per_string: int, cells_per_module: int):
 
 
 def reference_temperatures(m: Measurements, n_cells: int, n_mod: int):
-    """The per-cell temperature rule written out with numpy's NaN-aware functions."""
-    t = np.where(m.cell_temperature_valid, m.cell_temperature_degc, np.nan)
-    if not np.any(m.cell_temperature_valid):
+    """The per-cell temperature rule written out with numpy's NaN-aware functions.
+
+    A reading counts when it is flagged valid and finite (the monitor excludes the others;
+    every finite reading of the snapshots lies inside the plausible range).
+    """
+    ok = m.cell_temperature_valid & np.isfinite(m.cell_temperature_degc)
+    t = np.where(ok, m.cell_temperature_degc, np.nan)
+    if not np.any(ok):
         return np.full(n_cells, 25.0), math.nan, math.nan, math.nan
     per_mod = n_cells // n_mod
     module = m.temperature_sensor_cell // per_mod
     sums = np.bincount(module, np.nan_to_num(t), minlength=n_mod)
-    counts = np.bincount(module, m.cell_temperature_valid, minlength=n_mod)
+    counts = np.bincount(module, ok, minlength=n_mod)
     mean_all = float(np.nanmean(t))
     mod_t = np.where(counts > 0, sums / np.maximum(counts, 1), mean_all)
     return np.repeat(mod_t, per_mod), float(np.nanmin(t)), float(np.nanmax(t)), mean_all
@@ -129,7 +134,8 @@ def test_monitoring_summary_matches_the_reference(case):
         assert same(got.temperature_min_degc, t_min)
         assert same(got.temperature_max_degc, t_max)
         assert same(got.temperature_avg_degc, t_avg)
-        v_min, v_max, v_avg = reference_voltages(m.cell_voltage_v, m.cell_voltage_valid)
+        v_ok = m.cell_voltage_valid & np.isfinite(m.cell_voltage_v)
+        v_min, v_max, v_avg = reference_voltages(m.cell_voltage_v, v_ok)
         assert same(got.cell_voltage_min_v, v_min)
         assert same(got.cell_voltage_max_v, v_max)
         assert same(got.cell_voltage_avg_v, v_avg)

@@ -74,7 +74,7 @@ def tier_of(result, code):
 def test_default_table_has_one_row_per_cause_and_nominal_pack_is_quiet():
     prot = Protection.from_params(P)
     codes = [r.code for r in prot.table]
-    assert len(codes) == len(set(codes)) == 13
+    assert len(codes) == len(set(codes)) == 15
     for chem in known_chemistries():
         params = default_params(chem, 50.0)
         prot = Protection.from_params(params.protection)

@@ -2,7 +2,9 @@
 
 :class:`BatteryManagementSystem` is what the controller calls once per cycle. It reads only
 :class:`~openbess.plant.Measurements` (never the twin's true state), so the same object runs on
-real hardware.
+real hardware. The monitor (:mod:`openbess.bms.monitor`) judges every reading first: what it
+finds implausible is excluded from the extremes, the estimation and the limits, and counted by
+the fault table.
 
 The cycle runs every second on packs of a few to a few thousand cells, so numpy's per-call
 cost matters more than the arithmetic: reductions are done once and shared, small arrays
@@ -27,6 +29,8 @@ from openbess.bms.defaults import BmsParams
 from openbess.bms.estimator import SocEstimator
 from openbess.bms.limits import LimitCalculator
 from openbess.bms.logbook import Logbook, LogbookConfig
+from openbess.bms.monitor import Monitor, MonitorResult
+from openbess.bms.monitor import min_max as _min_max
 from openbess.bms.protection import EventKind, Protection, ProtectionInputs, ProtectionResult
 from openbess.cell.ecm import CellModel
 from openbess.cell.params import CellParams
@@ -47,14 +51,6 @@ BoolArray = npt.NDArray[np.bool_]
 
 #: Arrays up to this size are reduced in pure Python (numpy's per-call cost dominates).
 _SMALL = 32
-
-
-def _min_max(a: FloatArray) -> tuple[float, float]:
-    """Smallest and largest value of a non-empty array without NaN (exact either way)."""
-    if a.size <= _SMALL:
-        values = a.tolist()
-        return min(values), max(values)
-    return float(np.minimum.reduce(a)), float(np.maximum.reduce(a))
 
 
 #: The contactor machine's request as the contract's request (same values).
@@ -174,6 +170,10 @@ class BatteryManagementSystem:
         self.protection = Protection.from_params(setup.params.protection)
         self.limits = LimitCalculator(setup.params.limits)
         self.contactor = ContactorMachine(setup.params.contactor)
+        #: Plausibility of the raw readings (its ``counts`` hold the exclusions by cause).
+        self.monitor = Monitor.for_pack(setup.params, setup.cell, setup.n_strings, setup.n_series)
+        #: The monitor's verdict on the last sample.
+        self.monitor_result: MonitorResult | None = None
         self.events: list[BmsEvent] = []
         #: Alarms raised (or escalated) so far, by code.
         self.alarm_counts: dict[str, int] = {}
@@ -219,9 +219,10 @@ class BatteryManagementSystem:
         self._sensor_layout = None if sensor_cell.flags.writeable else layout
         return layout
 
-    def _cell_temperatures(self, m: Measurements) -> tuple[FloatArray, float, float, float, int]:
+    def _cell_temperatures(
+        self, m: Measurements, t_ok: BoolArray
+    ) -> tuple[FloatArray, float, float, float, int]:
         """Per-cell temperatures, min / max / mean of the valid sensors, number invalid."""
-        t_ok = m.cell_temperature_valid
         raw = m.cell_temperature_degc
         n_t = t_ok.size
         n_bad = n_t - int(np.count_nonzero(t_ok))
@@ -297,18 +298,23 @@ class BatteryManagementSystem:
         dt_s = 0.0 if self.last_time_s is None else max(now_s - self.last_time_s, 0.0)
         self.last_time_s = now_s
 
-        # Monitoring summary (invalid readings excluded, counted).
+        # Monitoring: plausibility first, then the summary (invalid readings excluded,
+        # counted). No current can flow when the contactor was commanded open (precharge relay
+        # too) and its auxiliary contact reports open.
+        prev = self.contactor_out
+        expect_zero = not m.contactor_closed and (
+            prev is None or not (prev.main_close or prev.precharge_close)
+        )
+        mon = self.monitor.check(now_s, m, expect_zero)
+        self.monitor_result = mon
         v = m.cell_voltage_v
-        v_ok = m.cell_voltage_valid
+        v_ok = mon.cell_voltage_valid
         n_v = v.size
-        n_bad_v = int(n_v - np.count_nonzero(v_ok))
-        if n_bad_v == 0 and n_v and v.dtype == np.float64:
-            # ndarray.sum/mean are this reduction (mean = sum / n); min/max are exact.
-            sum_v = float(np.add.reduce(v))
-            if math.isfinite(sum_v):
-                v_min, v_max = _min_max(v)
-            else:  # NaN/inf readings marked valid: numpy's NaN propagation
-                v_min, v_max = float(np.minimum.reduce(v)), float(np.maximum.reduce(v))
+        n_bad_v = mon.n_invalid_voltage + mon.n_stuck_voltage
+        if n_bad_v == 0 and math.isfinite(mon.voltage_sum_v):
+            # The monitor's reductions: numpy.add.reduce (ndarray.sum; mean = sum / n) and
+            # exact min/max.
+            sum_v, v_min, v_max = mon.voltage_sum_v, mon.voltage_min_v, mon.voltage_max_v
             v_avg = sum_v / n_v
         else:
             if n_bad_v < n_v:
@@ -317,12 +323,13 @@ class BatteryManagementSystem:
             else:
                 v_min = v_max = v_avg = math.nan
             sum_v = float(v.sum()) if n_bad_v == 0 else math.nan
-        cell_t, t_min, t_max, t_avg, n_bad_t = self._cell_temperatures(m)
+        cell_t, t_min, t_max, t_avg, n_bad_t = self._cell_temperatures(m, mon.temperature_valid)
         self.cell_temperature_degc = cell_t
-        i_ok = m.string_current_valid
+        i_ok = mon.string_current_valid
         i_raw = m.string_current_a
-        current_valid = int(np.count_nonzero(i_ok)) == i_ok.size
-        if current_valid and i_raw.dtype == np.float64:
+        current_valid = mon.current_valid
+        plausible = current_valid and not mon.current_implausible
+        if plausible and i_ok is m.string_current_valid and i_raw.dtype == np.float64:
             i_str = i_raw  # np.where(i_ok, i, 0.0) would only copy it
         else:
             i_str = np.where(i_ok, i_raw, 0.0)
@@ -345,13 +352,15 @@ class BatteryManagementSystem:
             cell_voltage_min_v=v_min,
             temperature_max_degc=t_max,
             temperature_min_degc=t_min,
-            pack_current_a=pack_i if current_valid else math.nan,
+            pack_current_a=pack_i if plausible else math.nan,
             pack_voltage_v=m.pack_voltage_v,
-            sum_cell_voltage_v=sum_v / s.n_strings if math.isfinite(sum_v) else math.nan,
+            sum_cell_voltage_v=mon.string_voltage_sum_v,
             ems_link_age_s=ems_link_age_s,
-            n_invalid_voltage=n_bad_v,
+            n_invalid_voltage=mon.n_invalid_voltage,
             n_invalid_temperature=n_bad_t,
             current_valid=current_valid,
+            n_stuck_voltage=mon.n_stuck_voltage,
+            current_implausible=mon.current_implausible,
         )
         result = self.protection.evaluate(now_s, inputs)
         self.result = result
@@ -384,7 +393,9 @@ class BatteryManagementSystem:
                 trip=result.open_contactors,
                 pack_voltage_v=m.pack_voltage_v,
                 bus_voltage_v=m.bus_voltage_v,
-                current_a=pack_i if current_valid else math.nan,
+                # An untrusted current (e.g. read through the open contactor: an offset) must
+                # not make the machine call the contactor welded; its feedback decides.
+                current_a=pack_i if mon.current_trusted else math.nan,
                 feedback_closed=m.contactor_closed,
             ),
         )

@@ -26,7 +26,7 @@ them; :func:`default_params` builds a consistent set for a chemistry and a pack 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 from openbess.errors import ConfigError
@@ -36,6 +36,7 @@ __all__ = [
     "ContactorParams",
     "Curve",
     "LimitParams",
+    "MonitorParams",
     "ProtectionParams",
     "Tiers",
     "default_params",
@@ -370,6 +371,123 @@ class ContactorParams:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorParams:
+    """Plausibility checks of the raw readings (see :mod:`openbess.bms.monitor`).
+
+    Bounds are physical (what no healthy sensor can read), never protection limits: a reading
+    beyond a protection limit but physically possible stays valid, so the fault table sees it.
+
+    Parameters
+    ----------
+    open_wire_v : float
+        A cell voltage reading below this is an open sense wire [V] (no live cell reads it).
+    cell_voltage_plausible_max_v : float
+        A cell voltage reading above this is impossible [V] (an open wire's partner input
+        reads about two cells).
+    cell_voltage_jump_v : float
+        Change between two samples not explained by the current [V].
+    cell_voltage_rate_v_per_s : float
+        Fastest change of a cell voltage at constant current [V/s].
+    jump_resistance_factor : float
+        Safety factor on the cell resistance when explaining a jump by a current change [1].
+    stuck_ohmic_step_v : float
+        Smallest ohmic step ``R0 * dI`` a healthy cell must show after its string current
+        changed [V] (two quanta of a 1 mV converter).
+    stuck_mean_step_v : float
+        Smallest move of the string's mean voltage that confirms the other cells responded [V].
+    stuck_min_samples : int
+        A reading identical for fewer new samples is never called stuck.
+    temperature_plausible_min_degc, temperature_plausible_max_degc : float
+        Temperature readings outside are impossible (sensor open or short) [degC].
+    temperature_jump_degc : float
+        Temperature change between two samples that no cell can make [K].
+    temperature_rate_degc_per_s : float
+        Fastest plausible temperature change [K/s].
+    current_range_c : float
+        String current magnitude above this C-rate (of one string) is out of the sensor's
+        range [1/h].
+    current_mismatch_c : float
+        Absolute tolerance between a string's current and the mean of the others, as a C-rate
+        of one string [1/h].
+    current_mismatch_fraction : float
+        Relative tolerance of the same comparison [fraction of the others' mean magnitude].
+    zero_current_c : float
+        With the contactor commanded and reported open, the pack current must read below this
+        C-rate of the pack [1/h].
+    current_samples : int
+        Consecutive samples a current check must fail (or pass again) before it changes its
+        verdict.
+    """
+
+    # Project choice 0.5 V: below any live Li-ion cell (2.0 V LFP / 2.5 V NMC cut-offs), above
+    # the noise of a floating AFE input.
+    open_wire_v: float = 0.5
+    # Project choice: 1.5 x the LFP MSL (3.65 V); NMC gets 1.5 x 4.25 V from default_params.
+    cell_voltage_plausible_max_v: float = 5.475
+    # Project choice 0.1 V (10 x foxBMS PL_CELL_VOLTAGE_TOLERANCE_mV 10 between redundant
+    # channels); the current-explained part is added on top.
+    cell_voltage_jump_v: float = 0.1
+    # Project choice: 10 x the fastest LFP knee at 1 C (about 1 mV/s).
+    cell_voltage_rate_v_per_s: float = 0.01
+    jump_resistance_factor: float = 2.0
+    stuck_ohmic_step_v: float = 0.002
+    stuck_mean_step_v: float = 0.003
+    stuck_min_samples: int = 3
+    # NTC channels of common AFEs read about -40..125 degC (project choice).
+    temperature_plausible_min_degc: float = -40.0
+    temperature_plausible_max_degc: float = 125.0
+    # Project choice: 10 x foxBMS PL_CELL_TEMPERATURE_TOLERANCE_dK (5 K between channels).
+    temperature_jump_degc: float = 5.0
+    temperature_rate_degc_per_s: float = 1.0
+    # Project choice: 10 C, beyond any converter of the site; a short circuit trips before.
+    current_range_c: float = 10.0
+    # Project choice: 0.02 C absolute (twin strings share within 1.5 A of 140 Ah, 0.01 C) or
+    # 10 % of the others' current (sharing spread of aged strings).
+    current_mismatch_c: float = 0.02
+    current_mismatch_fraction: float = 0.1
+    # foxBMS DIAG_ID_CURRENT_ON_OPEN_STRING (rest current 200 mA); 0.01 C here, the rest current.
+    zero_current_c: float = 0.01
+    # foxBMS current-on-open-string: 10 events of its 10 ms task; 5 samples of the 1 s cycle.
+    current_samples: int = 5
+
+    def __post_init__(self) -> None:
+        for name in (
+            "open_wire_v",
+            "cell_voltage_jump_v",
+            "cell_voltage_rate_v_per_s",
+            "jump_resistance_factor",
+            "stuck_ohmic_step_v",
+            "stuck_mean_step_v",
+            "temperature_jump_degc",
+            "temperature_rate_degc_per_s",
+            "current_range_c",
+            "current_mismatch_c",
+            "current_mismatch_fraction",
+            "zero_current_c",
+        ):
+            _finite("MonitorParams", name, getattr(self, name), 0.0)
+        _finite(
+            "MonitorParams", "temperature_plausible_min_degc", self.temperature_plausible_min_degc
+        )
+        _finite(
+            "MonitorParams", "temperature_plausible_max_degc", self.temperature_plausible_max_degc
+        )
+        if not self.cell_voltage_plausible_max_v > self.open_wire_v:
+            raise ConfigError(
+                "MonitorParams.cell_voltage_plausible_max_v must exceed open_wire_v, got "
+                f"{self.cell_voltage_plausible_max_v!r} <= {self.open_wire_v!r}"
+            )
+        if not self.temperature_plausible_max_degc > self.temperature_plausible_min_degc:
+            raise ConfigError(
+                "MonitorParams.temperature_plausible_max_degc must exceed "
+                "temperature_plausible_min_degc"
+            )
+        for name in ("stuck_min_samples", "current_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"MonitorParams.{name} must be >= 1, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class BmsParams:
     """The three parameter groups for one pack.
 
@@ -382,6 +500,8 @@ class BmsParams:
     protection : ProtectionParams
     limits : LimitParams
     contactor : ContactorParams
+    monitor : MonitorParams
+        Plausibility checks of the raw readings.
     """
 
     chemistry: str
@@ -389,6 +509,7 @@ class BmsParams:
     protection: ProtectionParams
     limits: LimitParams
     contactor: ContactorParams
+    monitor: MonitorParams = field(default_factory=MonitorParams)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,10 +730,16 @@ def default_params(chemistry: str, capacity_ah: float) -> BmsParams:
         # foxBMS BMS_OSCILLATION_TIMEOUT: 1000 x 10 ms.
         reclose_delay_s=10.0,
     )
+    msl_max = c.cell_voltage_max_v.msl
+    monitor = MonitorParams(
+        # 1.5 x the MSL: an overcharged cell still reads valid, an open wire's partner does not.
+        cell_voltage_plausible_max_v=1.5 * (msl_max if msl_max is not None else 4.25),
+    )
     return BmsParams(
         chemistry=key,
         capacity_ah=float(capacity_ah),
         protection=protection,
         limits=limits,
         contactor=contactor,
+        monitor=monitor,
     )

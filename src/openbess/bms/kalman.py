@@ -89,17 +89,18 @@ class KalmanConfig:
     ----------
     method : {"spkf", "ekf"}
         Sigma-point (central-difference) filter, or the plain extended Kalman filter.
+    sigma_step : float
+        Central-difference step ``hstep`` of the sigma points, in standard deviations
+        (sqrt(3) is optimal for a Gaussian prior; 1 drops the second-order term).
     voltage_noise_v : float
         White noise of the voltage measurement [V].
     model_error_v : float
         Typical ECM voltage error [V] (model and table errors, not white).
     model_error_time_s : float
-        Correlation time of the model error [s].
-    model_error_soc : float
-        Correlation length of the model error along the SoC [fraction]. A sample carries the
-        fraction ``phi = min(1, dt / model_error_time_s + |dz| / model_error_soc)`` of an
-        independent look at the model error, whose variance is counted ``1 / phi`` times
-        (at rest the error of the OCV table does not average out, however often it is read).
+        Correlation time of the model error [s]: a sample ``dt`` apart from the previous one
+        carries the fraction ``min(1, dt / model_error_time_s)`` of an independent look at
+        the model error, whose variance is therefore counted ``max(1, tau / dt)`` times (the
+        error of an OCV table does not average out however often it is read).
     current_gain_error : float
         Uncertainty of the current sensor's gain [fraction] (e.g. 0.005 for 0.5 %).
     capacity_error : float
@@ -116,6 +117,11 @@ class KalmanConfig:
         Carry the current-sensor offset as a state (bias compensation).
     bias_random_walk_a_per_sqrt_s : float
         Drift of the current offset [A/sqrt(s)].
+    bias_in_voltage : bool
+        Also apply the offset to the ohmic and RC drops (``R i_eff`` instead of ``R i_m``).
+        Off by default: for a realistic offset the term is below a millivolt, and with it any
+        model error at rest reads as an offset (through ``R0 b``) instead of waiting for the
+        slow, reliable evidence of the charge count.
     initial_bias_std_c : float
         Prior std of the current offset, as a C-rate [1/h] (0.01: 1 % of the capacity per
         hour).
@@ -132,10 +138,10 @@ class KalmanConfig:
     """
 
     method: Method = "spkf"
+    sigma_step: float = SIGMA_STEP
     voltage_noise_v: float = 0.002
-    model_error_v: float = 0.004
+    model_error_v: float = 0.02
     model_error_time_s: float = 600.0
-    model_error_soc: float = 0.02
     current_gain_error: float = 0.005
     capacity_error: float = 0.01
     current_noise_a: float = 0.0
@@ -144,6 +150,7 @@ class KalmanConfig:
     soc_random_walk_per_sqrt_s: float = 1e-6
     estimate_bias: bool = True
     bias_random_walk_a_per_sqrt_s: float = 1e-6
+    bias_in_voltage: bool = False
     initial_bias_std_c: float = 0.01
     initial_hysteresis_std: float = 0.7
     initial_rc_std_v: float = 0.005
@@ -157,7 +164,6 @@ class KalmanConfig:
             "voltage_noise_v",
             "model_error_v",
             "model_error_time_s",
-            "model_error_soc",
             "current_gain_error",
             "capacity_error",
             "current_noise_a",
@@ -174,32 +180,26 @@ class KalmanConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if not self.sigma_step >= 1.0:
+            raise ValueError(f"sigma_step must be >= 1, got {self.sigma_step}")
         if self.voltage_noise_v <= 0 and self.model_error_v <= 0:
             raise ValueError("voltage_noise_v or model_error_v must be > 0")
 
-    def measurement_variance(
-        self, dt_s: float, soc_change: FloatArray | float = 0.0
-    ) -> FloatArray | float:
+    def measurement_variance(self, dt_s: float) -> float:
         """Variance of the voltage innovation's noise for one sample [V^2].
 
         Parameters
         ----------
         dt_s : float
             Time since the previous voltage sample [s].
-        soc_change : numpy.ndarray or float
-            SoC moved since the previous sample [fraction].
 
         Returns
         -------
-        numpy.ndarray or float
-            ``voltage_noise_v^2 + model_error_v^2 / phi`` (see ``model_error_soc``).
+        float
+            ``voltage_noise_v^2 + model_error_v^2 * max(1, model_error_time_s / dt)``.
         """
-        phi: FloatArray | float = max(dt_s, 1e-9) / max(self.model_error_time_s, 1e-9)
-        if self.model_error_soc > 0:
-            phi = phi + np.abs(soc_change) / self.model_error_soc
-        phi = np.minimum(phi, 1.0)
-        out: FloatArray | float = self.voltage_noise_v**2 + self.model_error_v**2 / phi
-        return out
+        k = max(1.0, self.model_error_time_s / max(dt_s, 1e-9))
+        return self.voltage_noise_v**2 + self.model_error_v**2 * k
 
 
 # -- table interpolation (the CellModel's tables, gathered per table) -------------------------
@@ -359,9 +359,7 @@ class SocKalmanFilter:
         self.innovation_v = np.zeros(n_cells)
         #: Std of the predicted voltage of the last update (incl. noise) [V].
         self.innovation_std_v = np.zeros(n_cells)
-        self._last_i_eff = np.zeros(n_cells)
         self._last_dt_s = 1.0
-        self._last_dz = np.zeros(n_cells)
 
     # -- state access ----------------------------------------------------------------------
     def _p(self, r: int, s: int) -> FloatArray:
@@ -627,13 +625,11 @@ class SocKalmanFilter:
         P = self.P
         ib = self.i_b
         i_eff = i_m - x[ib] if ib is not None else i_m
-        self._last_i_eff = i_eff
         self._last_dt_s = dt_s
         charging = i_eff < 0.0
         eta = np.where(charging, tab.along_temperature(tab.eta, jb, ft), 1.0)
         c = eta * (dt_s / 3600.0) / self.capacity_ah  # SoC per ampere over the step
         dz = c * i_eff
-        self._last_dz = dz
         # RC resistances at the start-of-step SoC, as ecm.step does.
         idx, fz = tab.soc_index(x[0], jb)
         f: list[FloatArray | None] = [None] * self.n_states
@@ -646,16 +642,17 @@ class SocKalmanFilter:
         if cfg.current_noise_a > 0:
             q[0] = q[0] + (c * cfg.current_noise_a) ** 2
         g[0] = c
-        abs_i = np.abs(i_eff)
+        i_v = i_eff if cfg.bias_in_voltage else i_m
+        abs_i = np.abs(i_v)
         for k, row in enumerate(self.i_v):
             r_k = tab.value(3 + k, idx, fz, ft) * self.r_scale
             tau = tab.along_temperature(tab.tau[k], jb, ft)
             a = np.exp(-dt_s / tau)
             w = 1.0 - a
             wr = w * r_k
-            x[row] = a * x[row] + wr * i_eff
+            x[row] = a * x[row] + wr * i_v
             f[row] = a
-            g[row] = -wr
+            g[row] = -wr if cfg.bias_in_voltage else None
             qk = (cfg.rc_error * wr * abs_i) ** 2 + (1e-5 * w) ** 2
             if cfg.current_noise_a > 0:
                 qk += (wr * cfg.current_noise_a) ** 2
@@ -725,7 +722,7 @@ class SocKalmanFilter:
         inv = 1.0 / s0
         lcol = [P[0, r] * inv for r in range(n)]
         if cfg.method == "spkf":
-            step = SIGMA_STEP
+            step = cfg.sigma_step
         else:
             step = EKF_SOC_STEP * inv  # absolute SoC step EKF_SOC_STEP
         # Mean point.
@@ -734,7 +731,7 @@ class SocKalmanFilter:
         ocv0 = tab.value(0, idx0, fz0, ft)
         m0 = tab.value(1, idx0, fz0, ft)
         r00 = tab.value(2, idx0, fz0, ft) * self.r_scale
-        i_eff = i_m - x[ib] if ib is not None else i_m
+        i_eff = i_m - x[ib] if ib is not None and cfg.bias_in_voltage else i_m
         h = x[ih] if ih is not None else None
         vsum = x[1] if self.n_rc == 1 else x[1 : 1 + self.n_rc].sum(axis=0)
         y0 = ocv0 - r00 * i_eff - vsum
@@ -748,7 +745,7 @@ class SocKalmanFilter:
             idx, fz = tab.soc_index(zp, jb)
             ocv = tab.value(0, idx, fz, ft)
             r0 = tab.value(2, idx, fz, ft) * self.r_scale
-            ie = i_eff if ib is None else i_eff - dstep * lcol[ib]
+            ie = i_eff - dstep * lcol[ib] if ib is not None and cfg.bias_in_voltage else i_eff
             y = ocv - r0 * ie - vsum
             lv = lcol[1] if self.n_rc == 1 else sum(lcol[k] for k in self.i_v)
             y -= dstep * lv
@@ -769,7 +766,7 @@ class SocKalmanFilter:
         hrow: list[tuple[int, FloatArray | float]] = [(k, -1.0) for k in self.i_v]
         if ih is not None:
             hrow.append((ih, m0))
-        if ib is not None:
+        if ib is not None and cfg.bias_in_voltage:
             hrow.append((ib, r00))
         # u = (P - l l^T) H^T, HPH = H (P - l l^T) H^T
         lh = sum(lcol[c] * hc for c, hc in hrow)
@@ -780,7 +777,7 @@ class SocKalmanFilter:
                 acc += self._p(r, c) * hc
             u.append(acc)
         hph = sum(u[c] * hc for c, hc in hrow)
-        pyy = hph + dcol * dcol + cfg.measurement_variance(self._last_dt_s, self._last_dz)
+        pyy = hph + dcol * dcol + cfg.measurement_variance(self._last_dt_s)
         if cfg.ocv_soc_error > 0:
             slope = tab.slope(0, idx0, ft)
             pyy += (slope * cfg.ocv_soc_error) ** 2

@@ -16,7 +16,10 @@ Timing works with any cycle length ``dt``:
 Invalid readings (NaN, inf, a current marked invalid) never clear a fault and never stop a
 pending one: the row keeps its last valid exceedance (its timers keep running, clearing stops),
 and a separate row per sensor kind (``cell_voltage_invalid``, ``temperature_invalid``,
-``current_invalid``) raises its own alarm: one alarm per cause. A row may instead substitute a
+``current_invalid``) raises its own alarm: one alarm per cause. Readings the monitor
+(:mod:`openbess.bms.monitor`) finds implausible although the hardware flags them valid have
+their own rows (``cell_voltage_stuck``, ``current_sensor_implausible``), so one broken sensor
+gives one alarm that names the cause. A row may instead substitute a
 value for an invalid reading (``nan_as``): the EMS link age treats "unknown" as "lost".
 
 Reactions are fixed by tier: MOL warns, RSL blocks ``rule.blocks``, MSL opens the contactors
@@ -114,6 +117,8 @@ class Quantity(StrEnum):
     INVALID_VOLTAGE = "invalid_voltage"
     INVALID_TEMPERATURE = "invalid_temperature"
     INVALID_CURRENT = "invalid_current"
+    STUCK_VOLTAGE = "stuck_voltage"
+    IMPLAUSIBLE_CURRENT = "implausible_current"
     EMS_LINK_AGE = "ems_link_age_s"
 
     @property
@@ -228,9 +233,16 @@ class ProtectionInputs:
     ems_link_age_s : float
         Time since the last valid EMS command [s]; inf (or NaN) if none yet.
     n_invalid_voltage, n_invalid_temperature : int
-        Number of invalid cell-voltage / temperature readings.
+        Number of invalid cell-voltage / temperature readings (flagged by the hardware, not
+        finite, out of the physical range, open wire, implausible jump).
     current_valid : bool
-        False when the current reading is invalid.
+        False when the current reading is invalid (flagged, not finite, out of range).
+    n_stuck_voltage : int
+        Number of cell-voltage readings frozen while their string's current changed (excluded
+        from the voltage extremes, not counted in ``n_invalid_voltage``).
+    current_implausible : bool
+        The current reading is valid but disagrees with the other strings or reads current
+        through an open contactor; ``pack_current_a`` is then NaN.
     """
 
     cell_voltage_max_v: float
@@ -244,6 +256,8 @@ class ProtectionInputs:
     n_invalid_voltage: int = 0
     n_invalid_temperature: int = 0
     current_valid: bool = True
+    n_stuck_voltage: int = 0
+    current_implausible: bool = False
 
 
 class EventKind(StrEnum):
@@ -373,12 +387,20 @@ def fault_table(p: ProtectionParams) -> tuple[FaultRule, ...]:
         # Any invalid cell voltage: that cell is unprotected -> warn, stop, then open.
         FaultRule("cell_voltage_invalid", q.INVALID_VOLTAGE, above, (0.0, 0.0, 0.0), s_delay,
                   0.0, s_clr, Blocks.BOTH, description="cell voltage reading(s) invalid"),
+        # A frozen reading leaves its cell as unprotected as a missing one: same reaction.
+        FaultRule("cell_voltage_stuck", q.STUCK_VOLTAGE, above, (0.0, 0.0, 0.0), s_delay,
+                  0.0, s_clr, Blocks.BOTH,
+                  description="cell voltage reading(s) frozen while the current changed"),
         # 1 = some temperature sensors invalid (warn); 2 = none valid (no charging).
         FaultRule("temperature_invalid", q.INVALID_TEMPERATURE, above, (0.0, 1.0, None),
                   (p.sensor_warn_delay_s, p.sensor_block_delay_s, 0.0), 0.0, s_clr, Blocks.CHARGE,
                   description="temperature reading(s) invalid"),
         FaultRule("current_invalid", q.INVALID_CURRENT, above, (0.0, 0.0, 0.0), s_delay, 0.0,
                   s_clr, Blocks.BOTH, description="pack current reading invalid"),
+        FaultRule("current_sensor_implausible", q.IMPLAUSIBLE_CURRENT, above, (0.0, 0.0, 0.0),
+                  s_delay, 0.0, s_clr, Blocks.BOTH,
+                  description="current reading disagrees with the other strings or reads "
+                  "current through the open contactor"),
         # One warning; the gate's safe idle handles the stale command (not a fault storm).
         FaultRule("ems_link_lost", q.EMS_LINK_AGE, above, (p.ems_link_timeout_s, None, None),
                   (0.0, 0.0, 0.0), 0.0, 0.0, Blocks.NONE, nan_as=math.inf,
@@ -410,7 +432,8 @@ def quantity_values(inputs: ProtectionInputs) -> dict[Quantity, float]:
     v_max, v_min = i.cell_voltage_max_v, i.cell_voltage_min_v
     t_max, t_min = i.temperature_max_degc, i.temperature_min_degc
     current = i.pack_current_a
-    current_ok = bool(i.current_valid) and isfinite(current)
+    implausible = bool(i.current_implausible)
+    current_ok = bool(i.current_valid) and not implausible and isfinite(current)
     v_max_ok, v_min_ok = isfinite(v_max), isfinite(v_min)
     t_max_ok, t_min_ok = isfinite(t_max), isfinite(t_min)
     pack_v, sum_v = i.pack_voltage_v, i.sum_cell_voltage_v
@@ -432,7 +455,12 @@ def quantity_values(inputs: ProtectionInputs) -> dict[Quantity, float]:
             1.0 if i.n_invalid_voltage > 0 or not (v_max_ok and v_min_ok) else 0.0
         ),
         Quantity.INVALID_TEMPERATURE: invalid_t,
-        Quantity.INVALID_CURRENT: 0.0 if current_ok else 1.0,
+        # An implausible reading (NaN by design) is its own cause, not an invalid one.
+        Quantity.INVALID_CURRENT: (
+            0.0 if i.current_valid and (implausible or isfinite(current)) else 1.0
+        ),
+        Quantity.STUCK_VOLTAGE: 1.0 if i.n_stuck_voltage > 0 else 0.0,
+        Quantity.IMPLAUSIBLE_CURRENT: 1.0 if implausible else 0.0,
         Quantity.EMS_LINK_AGE: i.ems_link_age_s if not math.isnan(i.ems_link_age_s) else nan,
     }
 
@@ -452,7 +480,8 @@ def quantity_value(quantity: Quantity, inputs: ProtectionInputs) -> float:
     float
         Voltages [V], temperatures [degC], currents [A] (magnitude in the named direction, may
         be negative when flowing the other way), link age [s]; the ``invalid_*`` quantities are
-        0 (all valid), 1 (some invalid) or, for temperatures, 2 (none valid).
+        0 (all valid), 1 (some invalid) or, for temperatures, 2 (none valid);
+        ``stuck_voltage`` and ``implausible_current`` are 0 (plausible) or 1.
 
     Raises
     ------
@@ -579,7 +608,11 @@ class Protection:
         self._last_time_s = time_s
         events = self._pending
         self._pending = []
-        current_ok = bool(inputs.current_valid) and _ok(inputs.pack_current_a)
+        current_ok = (
+            bool(inputs.current_valid)
+            and not inputs.current_implausible
+            and _ok(inputs.pack_current_a)
+        )
         charging = not current_ok or inputs.pack_current_a < -self._rest_current_a
         discharging = not current_ok or inputs.pack_current_a > self._rest_current_a
         values = quantity_values(inputs)

@@ -192,6 +192,8 @@ class _Branch:
     step_v: float  # smallest voltage step at the ends of the run [V]
     v_rest_before: float | None  # rested voltage before the run [V]
     v_rest_after: float | None  # rested voltage at the end of the rest after the run [V]
+    log_index: int = -1
+    start: int = 0
 
 
 def _rest_end_voltage(cell_log: CellLog, a: int, b: int, forward: bool) -> float | None:
@@ -398,10 +400,10 @@ def slow_tests(
     dis: list[_Branch] = []
     chg: list[_Branch] = []
     vmin, vmax = math.inf, -math.inf
-    for lg in logs:
+    for j, lg in enumerate(logs):
         cap_guess = capacity_ah if capacity_ah is not None else charge_span_ah(lg)
         for a, b, s in _slow_runs(lg, cap_guess):
-            br = _slow_branch(lg, a, b, s)
+            br = replace(_slow_branch(lg, a, b, s), log_index=j, start=a)
             (dis if s > 0 else chg).append(br)
         vmin = min(vmin, float(np.min(lg.voltage_v)))
         vmax = max(vmax, float(np.max(lg.voltage_v)))
@@ -433,9 +435,20 @@ def slow_tests(
         empty_soc = max(0.0, 1.0 - d.charge_ah / q)
         parts.append("slow discharge")
     if c is not None:
-        cv = _on_grid(1.0 - (c.charge_ah - c.soc_ah) * eta / q, c.voltage_v, grid)
+        if d is not None and d.log_index == c.log_index and d.start < c.start:
+            # Same test, charge after the discharge: count on from the start of the discharge.
+            lg = logs[c.log_index]
+            i = lg.current_a[d.start : c.start]
+            dt = np.diff(lg.time_s[d.start - 1 : c.start])
+            net = float(np.sum(np.where(i < 0, eta, 1.0) * i * dt)) / 3600.0
+            c_soc = 1.0 - net / q + c.soc_ah * eta / q
+        else:
+            # The slow charge ends full (SoC 1).
+            c_soc = 1.0 - (c.charge_ah - c.soc_ah) * eta / q
+        cv = _on_grid(c_soc, c.voltage_v, grid)
         steps.append(c.step_v / max(c.current_a, 1e-12))
-        full_rest = c.v_rest_after if c.v_rest_after is not None else full_rest
+        if full_rest is None:
+            full_rest = c.v_rest_after
         parts.append("slow charge")
     return SlowTest(
         grid=grid,
@@ -712,19 +725,13 @@ def characterize(
     temps = sorted({t.temperature_degc for t in tests})
     ref_t = _nearest(temps, REFERENCE_TEMPERATURE_DEGC)
 
-    # 1. OCV, hysteresis, capacity from the slow tests.
-    ocv_at: dict[float, OcvResult] = {}
-    for t, items in by_kind["ocv"].items():
-        res = ocv_from_slow_tests([lg for _, lg in items], grid, capacity_ah)
-        ocv_at[t] = res
-        for k, _ in items:
-            tests[k].used_for.append(f"OCV ({res.source})")
+    # 1. Slow tests: capacity (reference temperature), then branches on that SoC scale.
     capacity = capacity_ah
-    if capacity is None and ocv_at:
-        t_cap = _nearest(list(ocv_at), ref_t)
-        capacity = ocv_at[t_cap].capacity_ah
-        if not math.isfinite(capacity):
-            capacity = None
+    if capacity is None and by_kind["ocv"]:
+        t_cap = _nearest(list(by_kind["ocv"]), ref_t)
+        probe = slow_tests([lg for _, lg in by_kind["ocv"][t_cap]], grid)
+        if math.isfinite(probe.capacity_ah):
+            capacity = probe.capacity_ah
     if capacity is None and by_kind["hppc"]:
         t_h = _nearest(list(by_kind["hppc"]), ref_t)
         lg = by_kind["hppc"][t_h][0][1]
@@ -738,6 +745,12 @@ def characterize(
         notes.append(f"capacity {capacity:.4g} Ah: the largest charge span of the logs")
     if capacity <= 0:
         raise EstimationError("cannot determine the capacity (no current in the logs?)")
+    slow: dict[float, SlowTest] = {}
+    for t, items in by_kind["ocv"].items():
+        slow[t] = slow_tests([lg for _, lg in items], grid, capacity)
+        for k, _ in items:
+            tests[k].used_for.append(f"OCV ({slow[t].source})")
+    ocv_at: dict[float, OcvResult] = {t: st.ocv() for t, st in slow.items()}
 
     # OCV from HPPC rests where there is no slow test.
     for t, items in by_kind["hppc"].items():
@@ -747,8 +760,7 @@ def characterize(
         soc0 = 1.0
         if ocv_at:
             near = ocv_at[_nearest(list(ocv_at), t)]
-            provisional = _provisional(near, grid, capacity, name)
-            soc0, _ = _start_state(lg, provisional, REFERENCE_TEMPERATURE_DEGC)
+            soc0, _ = _start_state(lg, _provisional(near, grid, capacity, name), t)
         else:
             notes.append(f"{lg.source}: HPPC taken to start full (SoC 1)")
         ocv_at[t] = ocv_from_rests(lg, grid, capacity, soc0)
@@ -762,74 +774,98 @@ def characterize(
     for t in temps:
         if t not in ocv_at:
             src = _nearest(ocv_temps, t)
-            ocv_at[t] = ocv_at[src]
             notes.append(f"OCV at {t:g} degC taken from {src:g} degC")
-    nt = len(temps)
-    ocv_tab = np.stack([ocv_at[t].ocv_v for t in temps])
-    m_tab = np.stack([ocv_at[t].hysteresis_v for t in temps])
-    eta = np.array([ocv_at[t].coulombic_efficiency for t in temps])
     vmin = min(r.voltage_min_v for r in ocv_at.values())
     vmax = max(r.voltage_max_v for r in ocv_at.values())
-    ocv_fit = OcvFit(
-        temperature_degc=np.array(temps, dtype=np.float64),
-        soc=grid,
-        ocv_v=monotone_ocv(ocv_tab),
-        hysteresis_v=m_tab,
-        capacity_ah=np.full(nt, capacity),
-        coulombic_efficiency=eta,
-        step_resistance_ohm=np.full(nt, np.nan),
-        raw_ocv_v=ocv_tab,
-    )
-    ref = temps.index(ref_t)
-    ocv_mid = float(np.interp(0.5, grid, ocv_tab[ref]))
-    chem = chemistry or _guess_chemistry(ocv_mid)
-    base = placeholder_params(
-        name,
-        chem,
-        ocv_fit,
-        capacity,
-        voltage_min_v=round(vmin, 3),
-        voltage_max_v=round(vmax, 3),
-        nominal_voltage_v=round(ocv_mid, 3),
-        thermal=ThermalParams(mass_kg=MASS_KG_PER_AH * capacity),
-        n_rc=n_rc,
-    )
 
-    # 2. Dynamics per temperature: HPPC, else dynamic, else the slow test.
-    fits: dict[float, DynamicFit] = {}
+    def assemble(ocv_now: Mapping[float, OcvResult]) -> CellParams:
+        rows = [ocv_now[_nearest(ocv_temps, t)] for t in temps]
+        ocv_tab = monotone_ocv(np.stack([r.ocv_v for r in rows]))
+        ocv_fit = OcvFit(
+            temperature_degc=np.array(temps, dtype=np.float64),
+            soc=grid,
+            ocv_v=ocv_tab,
+            hysteresis_v=np.stack([r.hysteresis_v for r in rows]),
+            capacity_ah=np.full(len(temps), capacity),
+            coulombic_efficiency=np.array([r.coulombic_efficiency for r in rows]),
+            step_resistance_ohm=np.full(len(temps), np.nan),
+            raw_ocv_v=ocv_tab,
+        )
+        ocv_mid = float(np.interp(0.5, grid, ocv_tab[temps.index(ref_t)]))
+        return placeholder_params(
+            name,
+            chemistry or _guess_chemistry(ocv_mid),
+            ocv_fit,
+            capacity,
+            voltage_min_v=round(vmin, 3),
+            voltage_max_v=round(vmax, 3),
+            nominal_voltage_v=round(ocv_mid, 3),
+            thermal=ThermalParams(mass_kg=MASS_KG_PER_AH * capacity),
+            n_rc=n_rc,
+        )
+
+    # 2. Dynamics per temperature (HPPC, else dynamic, else the slow test). With slow tests,
+    # twice: their branches are compensated with the fitted R0 + sum R_k (the ECM's own
+    # steady-state polarisation), which also gives the hysteresis that is left, and the
+    # dynamics are fitted again on the corrected OCV.
+    dyn_logs: dict[float, tuple[int, CellLog]] = {}
     for t in temps:
         dyn_items = (
             by_kind["hppc"].get(t) or by_kind["dynamic"].get(t) or by_kind["ocv"].get(t) or []
         )
-        if not dyn_items:
-            continue
-        k, lg = max(dyn_items, key=lambda kl: len(kl[1]))
-        soc0, h0 = _start_state(lg, base, t)
-        has_m = bool(np.any(base.hysteresis_v > 0))
-        fit = fit_ecm_dynamic(
-            lg,
-            base,
-            soc0=soc0,
-            temperature_degc=t,
-            hysteresis0=h0,
-            n_rc=n_rc,
-            tau_guess_s=tuple(float(x) for x in np.geomspace(10.0, 300.0, n_rc)),
-            soc_knots=knots.tolist(),
-            fit_hysteresis=has_m,
-            max_evaluations=max_evaluations,
-        )
-        fits[t] = fit
-        tests[k].used_for.append("R0, RC" + (", hysteresis rate" if has_m else ""))
-        tests[k].fit_rmse_mv = round(1e3 * fit.rmse_v, 3)
-        log.info("dynamics at %g degC from %s: rmse %.2f mV", t, lg.source, 1e3 * fit.rmse_v)
-    if not fits:
+        if dyn_items:
+            dyn_logs[t] = max(dyn_items, key=lambda kl: len(kl[1]))
+    if not dyn_logs:
         raise EstimationError("nothing to fit the dynamics on")
+    passes = 2 if slow else 1
+    fits: dict[float, DynamicFit] = {}
+    params = assemble(ocv_at)
+    for n_pass in range(passes):
+        base = params
+        has_m = bool(np.any(base.hysteresis_v > 1e-4))
+        fits = {}
+        for t, (_k, lg) in dyn_logs.items():
+            soc0, h0 = _start_state(lg, base, t)
+            fits[t] = fit_ecm_dynamic(
+                lg,
+                base,
+                soc0=soc0,
+                temperature_degc=t,
+                hysteresis0=h0,
+                n_rc=n_rc,
+                tau_guess_s=tuple(float(x) for x in np.geomspace(10.0, 300.0, n_rc)),
+                soc_knots=knots.tolist(),
+                fit_hysteresis=has_m,
+                max_evaluations=max_evaluations,
+            )
+            log.info(
+                "pass %d: dynamics at %g degC from %s: rmse %.2f mV",
+                n_pass + 1,
+                t,
+                lg.source,
+                1e3 * fits[t].rmse_v,
+            )
+        params = with_dynamics(base, fits)
+        if n_pass + 1 < passes:
+            model_r = {
+                t: params.r0_ohm[j] + params.rc_r_ohm[:, j].sum(axis=0) for j, t in enumerate(temps)
+            }
+            for t, st in slow.items():
+                ocv_at[t] = st.ocv(model_r[t])
+            params = assemble(ocv_at)
+            # keep the fitted dynamics as the starting point of the next pass
+            params = replace(with_dynamics(params, fits), hysteresis_v=params.hysteresis_v)
+    for t, (k, _) in dyn_logs.items():
+        has_m = bool(np.any(params.hysteresis_v > 1e-4))
+        tests[k].used_for.append("R0, RC" + (", hysteresis rate" if has_m else ""))
+        tests[k].fit_rmse_mv = round(1e3 * fits[t].rmse_v, 3)
     for t in temps:
         if t not in fits:
             notes.append(f"R0 and RC at {t:g} degC taken from {_nearest(list(fits), t):g} degC")
-    params = with_dynamics(base, fits)
-    if not np.any(params.hysteresis_v > 0):
-        params = replace(params, hysteresis_rate=0.0)
+    if not np.any(params.hysteresis_v > 1e-4):
+        params = replace(
+            params, hysteresis_v=np.zeros_like(params.hysteresis_v), hysteresis_rate=0.0
+        )
     sources = ", ".join(sorted({t.source for t in tests}))
     params = replace(params, source=f"openbess characterize from {sources}")
     return Characterization(params, tests, notes)

@@ -1,0 +1,856 @@
+"""Monitoring: plausibility of the raw measurements, before anything else uses them.
+
+Every reading arrives with the hardware's validity flag. The monitor adds what a flag cannot
+know, and marks the reading invalid (excluded from the extremes, the estimation and the limits)
+with one *cause*, counted per sample and in total:
+
+cell voltages
+    ``flagged`` (hardware flag), ``not_finite``, ``open_wire`` (below ``open_wire_v``: no live
+    cell reads that), ``range`` (above ``cell_voltage_plausible_max_v``: an open wire's partner
+    input reads two cells), ``jump`` (a change since the last accepted reading that neither the
+    current change ``R * dI`` nor the elapsed time explains), ``stuck`` (the reading has not
+    changed at all while its string's current changed enough to move every healthy cell by two
+    converter quanta through its ohmic resistance alone, and the string's mean voltage moved).
+temperatures
+    ``flagged``, ``not_finite``, ``range`` (outside the sensor's physical range), ``jump``.
+string currents
+    ``flagged``, ``not_finite``, ``range``, ``mismatch`` (one string disagrees with the mean of
+    the others, for ``current_samples`` samples), ``zero`` (current reads through a contactor
+    the BMS commanded open and whose auxiliary contact reports open, for ``current_samples``
+    samples: an offset; it stays implausible until the sensor reads zero again there).
+
+A jump is rejected only while the reading stays inside the operating window (the MOL limits of
+the protection): a reading beyond a protection limit always reaches the fault table, so the
+monitor can delay a trip by at most the protection's own debounce, never hide one. The ranges are
+physical bounds, never protection limits.
+
+The pack voltage is compared with the sum of each string's cells: the fault table watches the
+string farthest from it (:attr:`MonitorResult.string_voltage_sum_v`).
+
+Cost: a clean sample (every flag set, every reading finite, in range, no jump, no reading
+unchanged long enough to be suspect) costs a handful of numpy reductions; the cell-by-cell masks
+are only built when something is wrong. Nothing is computed per cell in Python.
+
+Not covered: a current-sensor *offset* on a single string with the contactor closed is not
+observable from the measurements alone (the cell voltages answer to changes of the current, and
+an offset does not change); it shows as a phantom current (over-current tiers) and is identified
+by the zero-current check once the contactor is open. A welded contactor whose auxiliary contact
+also reports open would be taken for a current-sensor offset; the twin's auxiliary contact
+mirrors the main contacts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import numpy.typing as npt
+
+from openbess.bms.defaults import BmsParams, MonitorParams, Tiers
+from openbess.cell.params import CellParams
+from openbess.plant import Measurements
+
+__all__ = [
+    "Monitor",
+    "MonitorResult",
+    "jumps",
+    "min_max",
+    "outside",
+    "string_current_outliers",
+    "worst_string_sum",
+]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+
+#: Arrays up to this size are reduced in pure Python (numpy's per-call cost dominates).
+_SMALL = 32
+#: Samples of string current and mean voltage kept for the stuck-value check.
+_HISTORY = 256
+_NO_CAUSES: Mapping[str, int] = MappingProxyType({})
+
+
+def min_max(a: FloatArray) -> tuple[float, float]:
+    """Smallest and largest value of a non-empty array without NaN (exact either way).
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        Values, none NaN.
+
+    Returns
+    -------
+    tuple of float
+        ``(a.min(), a.max())``.
+    """
+    if a.size <= _SMALL:
+        values = a.tolist()
+        return min(values), max(values)
+    return float(np.minimum.reduce(a)), float(np.maximum.reduce(a))
+
+
+def outside(values: FloatArray, lo: float, hi: float) -> BoolArray:
+    """Readings that are not finite or lie outside ``[lo, hi]``.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Readings, in the unit of the bounds.
+    lo, hi : float
+        Physical bounds.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True where the reading is impossible.
+    """
+    out: BoolArray = ~((values >= lo) & (values <= hi))  # NaN compares False: outside
+    return out
+
+
+def jumps(
+    values: FloatArray,
+    reference: FloatArray,
+    allowance: FloatArray | float,
+    keep_lo: float,
+    keep_hi: float,
+) -> BoolArray:
+    """Readings that moved further from their reference than allowed, inside a window.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        New readings.
+    reference : numpy.ndarray
+        Last accepted reading of each (NaN: none yet, never a jump).
+    allowance : numpy.ndarray or float
+        Largest plausible change, same unit (>= 0; inf disables the check).
+    keep_lo, keep_hi : float
+        Readings outside this window are never called jumps (they are the fault table's).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True where the change is implausible.
+    """
+    moved = np.abs(values - reference) > allowance  # NaN: False
+    out: BoolArray = moved & (values >= keep_lo) & (values <= keep_hi)
+    return out
+
+
+def string_current_outliers(
+    current_a: FloatArray, valid: BoolArray, abs_tol_a: float, rel_tol: float
+) -> BoolArray:
+    """Strings whose current disagrees with the mean of the other valid strings.
+
+    Parallel strings on one bus carry nearly the same current. With two valid strings a
+    disagreement cannot be attributed: both are returned. With three or more only the string
+    that disagrees most is returned (one broken sensor also pulls the others' means).
+
+    Parameters
+    ----------
+    current_a : numpy.ndarray
+        String currents [A], positive = discharge.
+    valid : numpy.ndarray of bool
+        Readings to compare (the others are never outliers).
+    abs_tol_a : float
+        Absolute tolerance [A].
+    rel_tol : float
+        Relative tolerance [fraction of the others' mean magnitude].
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True for the disagreeing string(s).
+    """
+    out = np.zeros(current_a.shape, dtype=np.bool_)
+    idx = np.flatnonzero(valid)
+    n = idx.size
+    if n < 2:
+        return out
+    x = current_a[idx]
+    others = (float(np.add.reduce(x)) - x) / (n - 1)
+    dev = np.abs(x - others)
+    bad = dev > np.maximum(abs_tol_a, rel_tol * np.abs(others))
+    if not np.any(bad):
+        return out
+    if n == 2:
+        out[idx] = True
+    else:
+        out[idx[int(np.argmax(np.where(bad, dev, -1.0)))]] = True
+    return out
+
+
+def worst_string_sum(
+    cell_voltage_v: FloatArray, valid: BoolArray, n_strings: int, pack_voltage_v: float
+) -> float:
+    """Sum of cell voltages of the complete string farthest from the pack voltage.
+
+    Parameters
+    ----------
+    cell_voltage_v : numpy.ndarray
+        Cell voltages [V], string by string.
+    valid : numpy.ndarray of bool
+        Validity of each reading; a string with an invalid cell is skipped.
+    n_strings : int
+        Strings in parallel.
+    pack_voltage_v : float
+        Measured pack voltage [V].
+
+    Returns
+    -------
+    float
+        That string's sum [V]; NaN if no string is complete or the pack voltage is unknown.
+    """
+    if not math.isfinite(pack_voltage_v):
+        return math.nan
+    per = cell_voltage_v.reshape(n_strings, -1)
+    complete = np.logical_and.reduce(valid.reshape(n_strings, -1), axis=1)
+    if not np.any(complete):
+        return math.nan
+    sums = np.add.reduce(np.where(valid.reshape(n_strings, -1), per, 0.0), axis=1)
+    gap = np.where(complete, np.abs(sums - pack_voltage_v), -1.0)
+    return float(sums[int(np.argmax(gap))])
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorResult:
+    """The monitor's verdict on one sample.
+
+    Parameters
+    ----------
+    cell_voltage_valid : numpy.ndarray of bool
+        Cell voltages to use (hardware flag and every plausibility check, stuck ones excluded).
+    n_invalid_voltage : int
+        Cell voltages excluded for a cause other than ``stuck``.
+    n_stuck_voltage : int
+        Cell voltages excluded as stuck.
+    voltage_sum_v, voltage_min_v, voltage_max_v : float
+        Sum, lowest and highest cell voltage [V] when every reading is used (exactly
+        ``numpy.add.reduce`` and :func:`min_max`); NaN otherwise.
+    string_voltage_sum_v : float
+        Sum of the complete string farthest from the pack voltage [V] (NaN if none).
+    temperature_valid : numpy.ndarray of bool
+        Temperature readings to use.
+    n_invalid_temperature : int
+        Temperature readings excluded.
+    string_current_valid : numpy.ndarray of bool
+        String currents to use.
+    current_valid : bool
+        Every string current is flagged valid, finite and inside the sensor range.
+    current_implausible : bool
+        A valid current disagrees with the others or reads through the open contactor.
+    current_trusted : bool
+        The pack current may be used for contactor decisions now (valid, plausible, and not
+        reading current through the open contactor in this sample).
+    causes : Mapping[str, int]
+        Readings excluded in this sample by cause, e.g. ``{"cell_voltage_open_wire": 1}``.
+    """
+
+    cell_voltage_valid: BoolArray
+    n_invalid_voltage: int
+    n_stuck_voltage: int
+    voltage_sum_v: float
+    voltage_min_v: float
+    voltage_max_v: float
+    string_voltage_sum_v: float
+    temperature_valid: BoolArray
+    n_invalid_temperature: int
+    string_current_valid: BoolArray
+    current_valid: bool
+    current_implausible: bool
+    current_trusted: bool
+    causes: Mapping[str, int]
+
+
+def _window(*tiers: Tiers, low: bool) -> float:
+    """Operating window edge: the mildest used threshold (MOL if set) over several rows."""
+    edges = [next(t for t in tier.as_tuple() if t is not None) for tier in tiers]
+    return max(edges) if low else min(edges)
+
+
+@dataclass
+class _Voltages:
+    """Verdict on the cell voltages of one sample (internal)."""
+
+    valid: BoolArray
+    n_invalid: int
+    n_stuck: int
+    summary: tuple[float, float, float] | None
+    string_sum_v: float
+    causes: dict[str, int]
+
+
+class Monitor:
+    """Plausibility of each sample; keeps the little history the checks need.
+
+    Parameters
+    ----------
+    params : MonitorParams
+        Bounds, tolerances and sample counts.
+    n_strings, n_series : int
+        Pack layout (cells are ordered string by string).
+    capacity_ah : float
+        Pack capacity [Ah] (all strings), the base of the current C-rates.
+    cell_r0_min_ohm : float
+        Smallest ohmic resistance of a series cell over the operating temperatures [ohm].
+    cell_resistance_max_ohm : float
+        Largest total resistance (ohmic + RC) of a series cell [ohm].
+    voltage_window_v : tuple of float
+        Operating window of the cell voltage [V] (jumps outside are not rejected).
+    temperature_window_degc : tuple of float
+        Operating window of the temperatures [degC].
+
+    Raises
+    ------
+    ValueError
+        A layout or resistance that is not positive.
+    """
+
+    def __init__(
+        self,
+        params: MonitorParams,
+        n_strings: int,
+        n_series: int,
+        capacity_ah: float,
+        cell_r0_min_ohm: float,
+        cell_resistance_max_ohm: float,
+        voltage_window_v: tuple[float, float],
+        temperature_window_degc: tuple[float, float],
+    ) -> None:
+        if n_strings < 1 or n_series < 1:
+            raise ValueError(f"n_strings and n_series must be >= 1, got {n_strings}, {n_series}")
+        for name, value in (
+            ("capacity_ah", capacity_ah),
+            ("cell_r0_min_ohm", cell_r0_min_ohm),
+            ("cell_resistance_max_ohm", cell_resistance_max_ohm),
+        ):
+            if not (math.isfinite(value) and value > 0.0):
+                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+        p = params
+        self.params = p
+        self.n_strings = n_strings
+        self.n_series = n_series
+        n = n_strings * n_series
+        string_ah = capacity_ah / n_strings
+        self._v_lo = p.open_wire_v
+        self._v_hi = p.cell_voltage_plausible_max_v
+        self._v_keep = voltage_window_v
+        self._t_lo = p.temperature_plausible_min_degc
+        self._t_hi = p.temperature_plausible_max_degc
+        self._t_keep = temperature_window_degc
+        self._r_jump = p.jump_resistance_factor * cell_resistance_max_ohm
+        #: String current change that moves a healthy cell by ``stuck_ohmic_step_v`` [A].
+        self.stuck_current_step_a = p.stuck_ohmic_step_v / cell_r0_min_ohm
+        self._i_range = p.current_range_c * string_ah
+        self._i_mismatch = p.current_mismatch_c * string_ah
+        self._i_zero = p.zero_current_c * capacity_ah
+        #: Samples excluded so far, by cause (see the module docstring).
+        self.counts: dict[str, int] = {}
+        # History.
+        self._k = -1  # index of the last new sample
+        self._last_time_s: float | None = None
+        self._prev_v: FloatArray | None = None
+        self._ref_v: FloatArray | None = None  # last accepted voltages when some were rejected
+        self._extra_v: FloatArray | None = None
+        self._last_change: IntArray = np.zeros(n, dtype=np.int64)
+        self._stuck: BoolArray = np.zeros(n, dtype=np.bool_)
+        self._stuck_any = False
+        self._hist_i: FloatArray = np.full((n_strings, _HISTORY), np.nan)
+        self._hist_mean: FloatArray = np.full((n_strings, _HISTORY), np.nan)
+        self._prev_t: FloatArray | None = None
+        self._ref_t: FloatArray | None = None
+        self._extra_t: FloatArray | None = None
+        self._prev_i: FloatArray | None = None
+        self._fail_i: IntArray = np.zeros(n_strings, dtype=np.int64)
+        self._pass_i: IntArray = np.zeros(n_strings, dtype=np.int64)
+        self._mismatch: BoolArray = np.zeros(n_strings, dtype=np.bool_)
+        self._zero_fail = 0
+        self._zero_pass = 0
+        self._zero_fault = False
+        self._last: MonitorResult | None = None
+        self._last_arrays: tuple[object, object, object] | None = None
+
+    @classmethod
+    def for_pack(
+        cls, params: BmsParams, cell: CellParams, n_strings: int, n_series: int
+    ) -> Monitor:
+        """Monitor for a pack: windows from the protection, resistances from the cell model.
+
+        Parameters
+        ----------
+        params : BmsParams
+            Parameter set (its ``monitor`` and ``protection`` groups are used).
+        cell : CellParams
+            Nominal parameters of one series cell (parallel group).
+        n_strings, n_series : int
+            Pack layout.
+
+        Returns
+        -------
+        Monitor
+            A monitor with no history.
+        """
+        pp = params.protection
+        voltage_window = (
+            _window(pp.cell_voltage_min_v, low=True),
+            _window(pp.cell_voltage_max_v, low=False),
+        )
+        temperature_window = (
+            _window(pp.charge_temperature_min_degc, pp.discharge_temperature_min_degc, low=True),
+            _window(pp.charge_temperature_max_degc, pp.discharge_temperature_max_degc, low=False),
+        )
+        r0_min = float(np.min(cell.r0_ohm))
+        r_max = float(np.max(cell.r0_ohm + cell.rc_r_ohm.sum(axis=0)))
+        return cls(
+            params.monitor,
+            n_strings,
+            n_series,
+            params.capacity_ah,
+            r0_min,
+            r_max,
+            voltage_window,
+            temperature_window,
+        )
+
+    # ------------------------------------------------------------------ the check
+    def check(self, time_s: float, m: Measurements, expect_zero_current: bool) -> MonitorResult:
+        """Judge one sample.
+
+        Parameters
+        ----------
+        time_s : float
+            Cycle time [s, Unix UTC].
+        m : Measurements
+            The raw sample.
+        expect_zero_current : bool
+            The contactor was commanded open (precharge relay too) and its auxiliary contact
+            reports open: no current can flow.
+
+        Returns
+        -------
+        MonitorResult
+            What to use. Odd readings never raise.
+
+        Raises
+        ------
+        ValueError
+            The sample does not have one voltage per cell of the layout (a wiring or
+            configuration error, not a reading).
+        """
+        v, t, i = m.cell_voltage_v, m.cell_temperature_degc, m.string_current_a
+        if v.shape != self._last_change.shape:
+            raise ValueError(
+                f"Measurements.cell_voltage_v has shape {v.shape}, the monitored pack "
+                f"{self._last_change.shape} ({self.n_strings} strings x {self.n_series} cells)"
+            )
+        last = self._last
+        held = self._last_arrays
+        # A held sample (the same read-only arrays again) carries no new information.
+        if (
+            last is not None
+            and held is not None
+            and v is held[0]
+            and t is held[1]
+            and i is held[2]
+            and not (v.flags.writeable or t.flags.writeable or i.flags.writeable)
+        ):
+            i_ok, current_valid, implausible, trusted, i_causes, _, _ = self._currents(
+                i, m.string_current_valid, expect_zero_current, new=False
+            )
+            result = MonitorResult(
+                last.cell_voltage_valid,
+                last.n_invalid_voltage,
+                last.n_stuck_voltage,
+                last.voltage_sum_v,
+                last.voltage_min_v,
+                last.voltage_max_v,
+                last.string_voltage_sum_v,
+                last.temperature_valid,
+                last.n_invalid_temperature,
+                i_ok,
+                current_valid,
+                implausible,
+                trusted,
+                MappingProxyType(i_causes) if i_causes else _NO_CAUSES,
+            )
+            self._last = result
+            return result
+        self._k += 1
+        dt_s = 0.0 if self._last_time_s is None else max(time_s - self._last_time_s, 0.0)
+        self._last_time_s = time_s
+        i_ok, current_valid, implausible, trusted, i_causes, di_a, i_ring = self._currents(
+            i, m.string_current_valid, expect_zero_current, new=True
+        )
+        volts = self._voltages(v, m.cell_voltage_valid, m.pack_voltage_v, dt_s, di_a, i_ring)
+        t_valid, n_bad_t, t_causes = self._temperatures(t, m.cell_temperature_valid, dt_s)
+        causes = _NO_CAUSES
+        if volts.causes or t_causes or i_causes:
+            merged = {**volts.causes, **t_causes, **i_causes}
+            for key, count in merged.items():
+                self.counts[key] = self.counts.get(key, 0) + count
+            causes = MappingProxyType(merged)
+        nan = math.nan
+        total, lo, hi = volts.summary if volts.summary is not None else (nan, nan, nan)
+        result = MonitorResult(
+            volts.valid,
+            volts.n_invalid,
+            volts.n_stuck,
+            total,
+            lo,
+            hi,
+            volts.string_sum_v,
+            t_valid,
+            n_bad_t,
+            i_ok,
+            current_valid,
+            implausible,
+            trusted,
+            causes,
+        )
+        self._last = result
+        self._last_arrays = (v, t, i)
+        return result
+
+    # ------------------------------------------------------------------ currents
+    def _zero_update(self, checked: bool, violated: bool) -> None:
+        """Debounce the zero-current check; its verdict sticks until it passes again."""
+        if not checked:
+            self._zero_fail = 0
+            self._zero_pass = 0
+            return
+        n = self.params.current_samples
+        if violated:
+            self._zero_fail += 1
+            self._zero_pass = 0
+            if self._zero_fail >= n:
+                self._zero_fault = True
+        else:
+            self._zero_pass += 1
+            self._zero_fail = 0
+            if self._zero_pass >= n:
+                self._zero_fault = False
+
+    def _currents(
+        self, i: FloatArray, flags: BoolArray, expect_zero: bool, new: bool
+    ) -> tuple[BoolArray, bool, bool, bool, dict[str, int], FloatArray | float, FloatArray]:
+        """Current verdict: mask, valid, implausible, trusted, causes, ``|dI|`` per string
+        (inf when unknown) and the currents for the history (NaN where unusable)."""
+        causes: dict[str, int] = {}
+        if self.n_strings == 1 and i.size == 1 and flags.size == 1:
+            x = float(i[0])
+            flag = bool(flags[0])
+            hw_ok = flag and abs(x) <= self._i_range  # False for NaN
+            if not hw_ok:
+                cause = (
+                    "current_flagged"
+                    if not flag
+                    else ("current_not_finite" if not math.isfinite(x) else "current_range")
+                )
+                causes[cause] = 1
+            violated = expect_zero and hw_ok and abs(x) > self._i_zero
+            if new:
+                self._zero_update(expect_zero and hw_ok, violated)
+            implausible = hw_ok and self._zero_fault
+            if implausible:
+                causes["current_zero"] = 1
+            usable = hw_ok and not implausible
+            prev = self._prev_i
+            di: FloatArray | float = math.inf
+            if new:
+                if usable and prev is not None:
+                    di = abs(x - float(prev[0]))
+                self._prev_i = np.array([x]) if usable else None
+            ring = np.array([x if usable else math.nan])
+            mask = flags if usable else np.zeros(1, dtype=np.bool_)
+            trusted = usable and not violated
+            return mask, hw_ok, implausible, trusted, causes, di, ring
+        return self._currents_strings(i, flags, expect_zero, new, causes)
+
+    def _currents_strings(
+        self,
+        i: FloatArray,
+        flags: BoolArray,
+        expect_zero: bool,
+        new: bool,
+        causes: dict[str, int],
+    ) -> tuple[BoolArray, bool, bool, bool, dict[str, int], FloatArray | float, FloatArray]:
+        """:meth:`_currents` for several strings (vectorised)."""
+        p = self.params
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(i)
+            hw = flags & finite & (np.abs(i) <= self._i_range)
+        n_hw = int(np.count_nonzero(hw))
+        current_valid = n_hw == hw.size
+        if not current_valid:
+            for name, mask in (
+                ("current_flagged", ~flags),
+                ("current_not_finite", flags & ~finite),
+                ("current_range", flags & finite & ~hw),
+            ):
+                c = int(np.count_nonzero(mask))
+                if c:
+                    causes[name] = c
+        if new:
+            values = i.tolist() if current_valid else []
+            if current_valid and max(values) - min(values) <= self._i_mismatch:
+                # No string is further than the absolute tolerance from the others' mean.
+                outliers = np.zeros(hw.size, dtype=np.bool_)
+            else:
+                outliers = string_current_outliers(
+                    i, hw, self._i_mismatch, p.current_mismatch_fraction
+                )
+            if outliers.any() or self._fail_i.any() or self._mismatch.any():
+                self._fail_i = np.where(outliers, self._fail_i + 1, 0)
+                self._pass_i = np.where(outliers, 0, self._pass_i + 1)
+                self._mismatch = (self._mismatch | (self._fail_i >= p.current_samples)) & ~(
+                    self._pass_i >= p.current_samples
+                )
+        mismatch = self._mismatch & hw
+        total = float(np.add.reduce(i)) if current_valid else math.nan
+        checked = expect_zero and current_valid
+        violated = checked and abs(total) > self._i_zero
+        if new:
+            self._zero_update(checked, violated)
+        zero = self._zero_fault and current_valid
+        n_mismatch = int(np.count_nonzero(mismatch))
+        if n_mismatch:
+            causes["current_mismatch"] = n_mismatch
+        if zero:
+            causes["current_zero"] = n_hw
+        implausible = bool(n_mismatch) or zero
+        if zero:
+            ok = np.zeros(hw.size, dtype=np.bool_)
+        elif implausible or not current_valid:
+            ok = hw & ~mismatch
+        else:
+            ok = flags
+        trusted = current_valid and not implausible and not violated
+        ring = np.where(ok, i, math.nan)
+        di: FloatArray | float = math.inf
+        if new:
+            prev = self._prev_i
+            if prev is not None and prev.shape == i.shape:
+                with np.errstate(invalid="ignore"):
+                    di = np.where(np.isfinite(prev) & ok, np.abs(i - prev), math.inf)
+            self._prev_i = ring
+        return ok, current_valid, implausible, trusted, causes, di, ring
+
+    # ------------------------------------------------------------------ voltages
+    def _allowance_v(self, dt_s: float, di_a: FloatArray | float) -> FloatArray | float:
+        """Largest plausible change of a cell voltage per string since the last sample [V]."""
+        base = self.params.cell_voltage_jump_v + self.params.cell_voltage_rate_v_per_s * dt_s
+        return base + self._r_jump * di_a
+
+    def _voltages(
+        self,
+        v: FloatArray,
+        flags: BoolArray,
+        pack_v: float,
+        dt_s: float,
+        di_a: FloatArray | float,
+        i_ring: FloatArray,
+    ) -> _Voltages:
+        n = v.size
+        ns = self.n_strings
+        k = self._k
+        col = k % _HISTORY
+        summary: tuple[float, float, float] | None = None
+        total = math.nan
+        if n and v.dtype == np.float64 and int(np.count_nonzero(flags)) == n:
+            total = float(np.add.reduce(v))
+            if math.isfinite(total):
+                lo, hi = min_max(v)
+                if lo >= self._v_lo and hi <= self._v_hi:
+                    summary = (total, lo, hi)
+        prev = self._prev_v
+        if prev is not None and prev.shape != v.shape:  # pragma: no cover - shape checked above
+            prev = None
+        self._prev_v = v.copy() if v.flags.writeable else v
+        if summary is not None and self._ref_v is None and not self._stuck_any:
+            # Every reading flagged valid, finite and in range, none rejected or stuck before.
+            if ns == 1:
+                self._hist_mean[0, col] = total / n
+                string_sum = total
+            else:
+                sums = np.add.reduce(v.reshape(ns, -1), axis=1)
+                self._hist_mean[:, col] = sums / self.n_series
+                string_sum = (
+                    float(sums[int(np.argmax(np.abs(sums - pack_v)))])
+                    if math.isfinite(pack_v)
+                    else math.nan
+                )
+            self._hist_i[:, col] = i_ring
+            if prev is None:
+                self._last_change.fill(k)
+                return _Voltages(flags, 0, 0, summary, string_sum, {})
+            d = v - prev
+            np.copyto(self._last_change, k, where=d != 0.0)
+            allow = self._allowance_v(dt_s, di_a)
+            allow_min = allow if isinstance(allow, float) else float(np.minimum.reduce(allow))
+            d_max = float(np.maximum.reduce(np.abs(d)))
+            oldest = int(np.minimum.reduce(self._last_change))
+            if d_max <= allow_min and k - oldest < self.params.stuck_min_samples:
+                return _Voltages(flags, 0, 0, summary, string_sum, {})
+        return self._voltages_full(v, flags, pack_v, dt_s, di_a, i_ring, prev, summary)
+
+    def _voltages_full(
+        self,
+        v: FloatArray,
+        flags: BoolArray,
+        pack_v: float,
+        dt_s: float,
+        di_a: FloatArray | float,
+        i_ring: FloatArray,
+        prev: FloatArray | None,
+        summary: tuple[float, float, float] | None,
+    ) -> _Voltages:
+        """Cell-by-cell masks (something is or was wrong)."""
+        p = self.params
+        n, ns, nser = v.size, self.n_strings, self.n_series
+        k = self._k
+        col = k % _HISTORY
+        flags = np.asarray(flags, dtype=np.bool_)
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(v)
+            usable = flags & finite
+            open_wire = usable & (v < self._v_lo)
+            high = usable & (v > self._v_hi)
+            ok = usable & ~open_wire & ~high
+            jump = np.zeros(n, dtype=np.bool_)
+            allow_cells: FloatArray | float = 0.0
+            ref: FloatArray = np.full(n, math.nan)
+            if prev is not None:
+                ref = self._ref_v if self._ref_v is not None else prev
+                allow = self._allowance_v(dt_s, di_a)
+                allow_cells = allow if isinstance(allow, float) else np.repeat(allow, nser)
+                # A rejected reading's allowance grows with every sample since its last
+                # accepted one (a level reached slowly enough is accepted again).
+                extra = 0.0 if self._extra_v is None else self._extra_v
+                jump = ok & jumps(v, ref, allow_cells + extra, *self._v_keep)
+                ok &= ~jump
+            if bool(np.logical_and.reduce(ok)):
+                self._ref_v = None
+                self._extra_v = None
+            else:
+                self._ref_v = np.where(ok, v, ref)
+                extra = 0.0 if self._extra_v is None else self._extra_v
+                self._extra_v = np.where(ok, 0.0, extra + allow_cells)
+            # History: each string's current and mean accepted voltage.
+            ok2 = ok.reshape(ns, nser)
+            count = np.add.reduce(ok2, axis=1)
+            sums = np.add.reduce(np.where(ok2, v.reshape(ns, nser), 0.0), axis=1)
+            self._hist_mean[:, col] = np.where(count > 0, sums / np.maximum(count, 1), np.nan)
+            self._hist_i[:, col] = i_ring
+            # Stuck: unchanged since the string's current and mean voltage moved.
+            changed = ~ok if prev is None else (v != prev) | ~ok
+            np.copyto(self._last_change, k, where=changed)
+            self._stuck &= ~changed
+            run = k - self._last_change
+            cand = ok & ~self._stuck & (run >= p.stuck_min_samples)
+            if cand.any():
+                idx = np.flatnonzero(cand)
+                back = np.minimum(run[idx], _HISTORY - 1)
+                then = (k - back) % _HISTORY
+                s = idx // nser
+                di = np.abs(self._hist_i[s, col] - self._hist_i[s, then])
+                dm = np.abs(self._hist_mean[s, col] - self._hist_mean[s, then])
+                hit = (di >= self.stuck_current_step_a) & (dm >= p.stuck_mean_step_v)
+                self._stuck[idx[hit]] = True
+        stuck = self._stuck & ok
+        self._stuck_any = bool(self._stuck.any())
+        n_stuck = int(np.count_nonzero(stuck))
+        n_ok = int(np.count_nonzero(ok))
+        causes: dict[str, int] = {}
+        for name, mask in (
+            ("cell_voltage_flagged", ~flags),
+            ("cell_voltage_not_finite", flags & ~finite),
+            ("cell_voltage_open_wire", open_wire),
+            ("cell_voltage_range", high),
+            ("cell_voltage_jump", jump),
+            ("cell_voltage_stuck", stuck),
+        ):
+            c = int(np.count_nonzero(mask))
+            if c:
+                causes[name] = c
+        if n_ok == n and n_stuck == 0:
+            if summary is None:  # pragma: no cover - all usable implies the clean summary
+                total = float(np.add.reduce(v))
+                summary = (total, *min_max(v))
+            valid = flags
+        else:
+            ok &= ~stuck
+            valid = ok
+            summary = None
+        if ns == 1:
+            string_sum = summary[0] if summary is not None else math.nan
+        else:
+            string_sum = worst_string_sum(v, valid, ns, pack_v)
+        return _Voltages(valid, n - n_ok, n_stuck, summary, string_sum, causes)
+
+    # ------------------------------------------------------------------ temperatures
+    def _temperatures(
+        self, t: FloatArray, flags: BoolArray, dt_s: float
+    ) -> tuple[BoolArray, int, dict[str, int]]:
+        p = self.params
+        n = t.size
+        prev = self._prev_t
+        if prev is not None and prev.shape != t.shape:
+            prev = None
+            self._ref_t = self._extra_t = None
+        self._prev_t = t.copy() if t.flags.writeable else t
+        allow = p.temperature_jump_degc + p.temperature_rate_degc_per_s * dt_s
+        if n == 0:
+            return flags, 0, {}
+        if self._ref_t is None and t.dtype == np.float64 and int(np.count_nonzero(flags)) == n:
+            total = float(np.add.reduce(t))
+            if math.isfinite(total):
+                lo, hi = min_max(t)
+                if lo >= self._t_lo and hi <= self._t_hi:
+                    if prev is None:
+                        return flags, 0, {}
+                    if n <= _SMALL:
+                        d_max = max(
+                            abs(a - b) for a, b in zip(t.tolist(), prev.tolist(), strict=True)
+                        )
+                    else:
+                        d_max = float(np.maximum.reduce(np.abs(t - prev)))
+                    if d_max <= allow:
+                        return flags, 0, {}
+        flags = np.asarray(flags, dtype=np.bool_)
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(t)
+            usable = flags & finite
+            bad_range = usable & outside(t, self._t_lo, self._t_hi)
+            ok = usable & ~bad_range
+            jump = np.zeros(n, dtype=np.bool_)
+            allow_s: FloatArray | float = allow
+            ref: FloatArray = np.full(n, math.nan)
+            if prev is not None:
+                ref = self._ref_t if self._ref_t is not None else prev
+                if self._extra_t is not None:
+                    allow_s = allow + self._extra_t
+                jump = ok & jumps(t, ref, allow_s, *self._t_keep)
+                ok &= ~jump
+            if bool(np.logical_and.reduce(ok)):
+                self._ref_t = self._extra_t = None
+            else:
+                self._ref_t = np.where(ok, t, ref)
+                extra = 0.0 if self._extra_t is None else self._extra_t
+                self._extra_t = np.where(ok, 0.0, extra + allow)
+        causes: dict[str, int] = {}
+        for name, mask in (
+            ("temperature_flagged", ~flags),
+            ("temperature_not_finite", flags & ~finite),
+            ("temperature_range", bad_range),
+            ("temperature_jump", jump),
+        ):
+            c = int(np.count_nonzero(mask))
+            if c:
+                causes[name] = c
+        n_ok = int(np.count_nonzero(ok))
+        return (flags if n_ok == n else ok), n - n_ok, causes
