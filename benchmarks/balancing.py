@@ -95,8 +95,14 @@ def site_config(name: str, balancing: bool, capacity_spread: bool) -> SiteConfig
 # --------------------------------------------------------------------------------------------
 # Integration into the BMS (monkeypatch: bms.py is not edited)
 # --------------------------------------------------------------------------------------------
-def install_balancer(bms: BatteryManagementSystem, balancer: Balancer) -> None:
-    """Make ``bms`` decide its bleed mask with ``balancer`` and count the bleed charge."""
+def install_balancer(
+    bms: BatteryManagementSystem, balancer: Balancer, true_soc: Pack | None = None
+) -> None:
+    """Make ``bms`` decide its bleed mask with ``balancer`` and count the bleed charge.
+
+    With ``true_soc``, the Balancer reads that pack's true cell SoC instead of the BMS's
+    estimates (an oracle, to separate the Balancer's performance from the estimator's).
+    """
     orig_update = bms.update
     orig_estimate = bms.estimator.update
     state: dict[str, Any] = {}
@@ -123,7 +129,7 @@ def install_balancer(bms: BatteryManagementSystem, balancer: Balancer) -> None:
         now = bms.last_time_s if bms.last_time_s is not None else 0.0
         last = balancer.time_s
         dt = now - last if math.isfinite(last) else 0.0
-        z = bms.cell_soc  # NaN until the estimator is initialised
+        z = bms.cell_soc if true_soc is None else true_soc.cell_soc  # NaN until initialised
         mask = balancer.update(
             now,
             dt,
@@ -196,9 +202,13 @@ def run(
     capacity_spread: bool = False,
     alignment: str = "soc",
     allow_charging: bool = True,
+    oracle: bool = False,
     seed: int = 5,
 ) -> dict[str, Any]:
-    """Run one pack with one strategy (``"none"``, ``"soc"``, ``"voltage"``); its figures."""
+    """Run one pack with one strategy (``"none"``, ``"soc"``, ``"voltage"``); its figures.
+
+    ``oracle``: the Balancer reads the twin's true SoC instead of the BMS's estimates.
+    """
     cfg = site_config(name, strategy != "none", capacity_spread)
     start_s = cfg.simulation.start.timestamp()
     site: Site = build_site(cfg, start_s, step_s)
@@ -218,16 +228,21 @@ def run(
             alignment=alignment,
             allow_charging=allow_charging,
             bleed_resistance_ohm=cfg.bms.bleed_resistance_ohm,
-            max_discharge_current_a=site.bms.setup.params.protection.rest_current_a,
+            rest_current_a=site.bms.setup.params.protection.rest_current_a,
         )
         balancer = Balancer(bal_cfg, topo.n_strings, topo.n_series, topo.cells_series_per_module)
-        install_balancer(site.bms, balancer)
+        install_balancer(site.bms, balancer, pack if oracle else None)
 
     imb0, spread0 = imbalance(pack)
     usable0 = usable_energy_kwh(pack, v_nom)
     test0 = usable_energy_test_kwh(pack)
     reached: dict[str, float | None] = {"imbalance": None, "soc_spread": None}
-    daily: list[dict[str, float]] = []
+    daily: dict[str, list[float | None]] = {
+        "imbalance": [],
+        "soc_spread_true": [],
+        "soc_spread_estimated": [],
+        "soc_mean_true": [],
+    }
     n_steps = round(days * 86400.0 / step_s)
     per_day = round(86400.0 / step_s)
     bleed_cycles = 0
@@ -247,17 +262,11 @@ def run(
             reached["soc_spread"] = t_days
         if k % per_day == 0:
             est = site.bms.cell_soc
-            daily.append(
-                {
-                    "day": round(t_days, 2),
-                    "imbalance": round(imb, 5),
-                    "soc_spread_true": round(spread, 5),
-                    "soc_spread_estimated": round(float(np.nanmax(est) - np.nanmin(est)), 5)
-                    if np.any(np.isfinite(est))
-                    else math.nan,
-                    "soc_mean_true": round(float(pack.cell_soc.mean()), 4),
-                }
-            )
+            daily["imbalance"].append(round(imb, 5))
+            daily["soc_spread_true"].append(round(spread, 5))
+            known = bool(np.all(np.isfinite(est)))
+            daily["soc_spread_estimated"].append(round(float(np.ptp(est)), 5) if known else None)
+            daily["soc_mean_true"].append(round(float(pack.cell_soc.mean()), 4))
     wall = time.perf_counter() - wall0
     pack.close_ageing()
     imb1, spread1 = imbalance(pack)
@@ -267,6 +276,7 @@ def run(
     out: dict[str, Any] = {
         "pack": name,
         "strategy": strategy,
+        "soc_source": "twin_true_soc" if oracle else "bms_estimator",
         "capacity_spread": capacity_spread,
         "cells": n,
         "cell_capacity_ah": float(pack.group_params.capacity_ah),
@@ -286,7 +296,7 @@ def run(
         "usable_energy_test_start_kwh": round(test0, 4),
         "usable_energy_test_end_kwh": round(test1, 4),
         "energy_balance_residual_kwh": eb.residual_j / 3.6e6,
-        "daily": daily,
+        "at_midnight_by_day": daily,
     }
     if balancer is not None:
         out["energy_bled_balancer_count_kwh"] = round(balancer.total_energy_bled_wh / 1000.0, 4)
@@ -309,7 +319,7 @@ def run(
                 "max_bleed_power_w",
                 "power_scope",
                 "duty_cycle",
-                "max_discharge_current_a",
+                "rest_current_a",
                 "allow_charging",
                 "max_temperature_degc",
             )
@@ -317,49 +327,106 @@ def run(
     return out
 
 
+class _Cycle:
+    """One BMS cycle of a Balancer at a 1 s period, with fixed readings."""
+
+    def __init__(self, bal: Balancer, arrays: tuple[Any, ...], current_a: float) -> None:
+        self.bal = bal
+        self.arrays = arrays
+        self.current_a = current_a
+        self.time_s = 0.0
+
+    def __call__(self) -> None:
+        self.time_s += 1.0
+        z, cap, v, ok = self.arrays
+        self.bal.update(self.time_s, 1.0, z, cap, v, ok, self.current_a, 25.0, True)
+
+
 def update_cost_us() -> dict[str, float]:
-    """Wall time of one Balancer.update [us]: cells bleeding under the power limit, SoC
-    strategy, for 16 cells and 1,152 cells (4 strings x 8 modules x 36)."""
+    """Mean wall time of one Balancer.update at a 1 s cycle [us], default configuration, cells
+    bleeding under the power limit (4 W per module), at rest and while charging, for 16 cells
+    and for 1,152 cells (4 strings x 8 modules x 36)."""
     out: dict[str, float] = {}
     rng = np.random.default_rng(1)
     for label, ns, nser, per in (("16_cells", 1, 16, 16), ("1152_cells", 4, 288, 36)):
+        n = ns * nser
+        arrays = (
+            0.95 + 0.03 * rng.random(n),
+            np.full(n, 200.0),
+            3.42 + 0.05 * rng.random(n),
+            np.ones(n, dtype=bool),
+        )
         for strategy in ("soc", "voltage"):
-            n = ns * nser
-            bal = Balancer(BalancingConfig(strategy=strategy), ns, nser, per)  # type: ignore[arg-type]
-            z = 0.95 + 0.03 * rng.random(n)
-            cap = np.full(n, 200.0)
-            v = 3.42 + 0.05 * rng.random(n)
-            ok = np.ones(n, dtype=bool)
-            t = [0.0]
-
-            def call(bal: Balancer = bal, z: Any = z, cap: Any = cap, v: Any = v, ok: Any = ok) -> None:
-                t[0] += 1.0
-                bal.update(t[0], 1.0, z, cap, v, ok, -5.0, 25.0, True)
-
-            best = min(timeit.repeat(call, number=3000, repeat=5)) / 3000
-            out[f"{strategy}_{label}"] = round(best * 1e6, 2)
+            for phase, current_a in (("rest", 0.0), ("charging", -20.0)):
+                bal = Balancer(BalancingConfig(strategy=strategy), ns, nser, per)
+                cycle = _Cycle(bal, arrays, 0.0)
+                for _ in range(1900):  # past the settling rest
+                    cycle()
+                cycle.current_a = current_a
+                best = min(timeit.repeat(cycle, number=6000, repeat=3)) / 6000
+                out[f"{strategy}_{phase}_{label}"] = round(best * 1e6, 1)
     return out
+
+
+#: (pack, strategy, capacity spread, oracle SoC) of each run.
+PLAN: tuple[tuple[str, str, bool, bool], ...] = (
+    ("home", "none", False, False),
+    ("home", "soc", False, False),
+    ("home", "soc", False, True),
+    ("home", "voltage", False, False),
+    ("commercial_module", "none", False, False),
+    ("commercial_module", "soc", False, False),
+    ("commercial_module", "soc", False, True),
+    ("commercial_module", "voltage", False, False),
+    ("home", "none", True, False),
+    ("home", "soc", True, False),
+)
+QUICK_PLAN = PLAN[:4]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="home pack only, 5 days")
-    parser.add_argument("--days", type=float, default=30.0, help="simulated days per run")
-    parser.add_argument("--step", type=float, default=30.0, help="cycle step [s]")
+    parser.add_argument("--quick", action="store_true", help="home pack only (4 runs)")
+    parser.add_argument("--days", type=float, default=20.0, help="simulated days per run")
+    parser.add_argument("--step", type=float, default=60.0, help="cycle step [s]")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    days = 5.0 if args.quick else args.days
-    packs = ("home",) if args.quick else ("home", "commercial_module")
-    runs = [run(p, s, days, args.step) for p in packs for s in ("none", "soc", "voltage")]
+    plan = QUICK_PLAN if args.quick else PLAN
+    wall0 = time.perf_counter()
+    runs = [run(p, s, args.days, args.step, c, oracle=o) for p, s, c, o in plan]
+    summary: list[dict[str, Any]] = []
     for r in runs:
-        if r["strategy"] == "none":
-            continue
-        base = next(b for b in runs if b["pack"] == r["pack"] and b["strategy"] == "none")
+        base = next(
+            b
+            for b in runs
+            if b["pack"] == r["pack"]
+            and b["capacity_spread"] == r["capacity_spread"]
+            and b["strategy"] == "none"
+        )
         r["usable_energy_gain_over_no_balancing_kwh"] = round(
             r["usable_energy_end_kwh"] - base["usable_energy_end_kwh"], 4
         )
         r["usable_energy_test_gain_over_no_balancing_kwh"] = round(
             r["usable_energy_test_end_kwh"] - base["usable_energy_test_end_kwh"], 4
+        )
+        days = r["days_to_within_0p5pct"]
+        summary.append(
+            {
+                "pack": r["pack"],
+                "strategy": r["strategy"],
+                "soc_source": r["soc_source"],
+                "capacity_spread": r["capacity_spread"],
+                "days_to_within_0p5pct": None if days is None else round(days, 2),
+                "imbalance_end": r["imbalance_end"],
+                "energy_bled_kwh": r["energy_bled_kwh"],
+                "usable_energy_gained_kwh": r["usable_energy_gained_kwh"],
+                "usable_energy_gain_over_no_balancing_kwh": r[
+                    "usable_energy_gain_over_no_balancing_kwh"
+                ],
+                "usable_energy_test_gain_over_no_balancing_kwh": r[
+                    "usable_energy_test_gain_over_no_balancing_kwh"
+                ],
+            }
         )
     out = {
         "benchmark": "balancing",
@@ -373,8 +440,12 @@ def main() -> None:
         ),
         "initial_soc_spread": SPREAD,
         "target_spread": TARGET,
+        "simulated_days_per_run": args.days,
+        "step_s": args.step,
         "update_cost_us": update_cost_us(),
+        "summary": summary,
         "runs": runs,
+        "wall_time_s": round(time.perf_counter() - wall0, 1),
     }
     json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -1,46 +1,54 @@
 """Passive (bleed resistor) cell balancing: charge-driven, with a voltage-driven alternative.
 
 A passive balancer can only take charge out of a cell, through a resistor switched across it
-(about 0.1 A for 33 ohm on a 3.3 V cell). It therefore works by bleeding the cells that hold
-*more* charge than the string's weakest cell needs them to, until every cell lines up with it.
+(about 0.1 A for 33 ohm on a 3.3 V cell). It works by bleeding the cells that hold more charge
+than the string's lowest cell, until they line up with it.
 
 Strategies (:attr:`BalancingConfig.strategy`):
 
-``"soc"`` (default): the charge imbalance from the estimated per-cell SoC and capacity. With
-    ``alignment="top"`` (default) each cell's target is the charge at which it reaches full at
-    the same moment as the string's limiting cell (top-aligned)::
+``"soc"`` (default): the charge imbalance from the estimated per-cell SoC ``z`` and capacity
+    ``C``. With ``alignment="soc"`` (default) a cell's excess is the charge it must lose to come
+    down to the SoC of its string's lowest cell, ``excess_k = (z_k - min_j z_j) C_k``. With
+    ``alignment="top"`` the cells are lined up at the top of charge instead (each becomes full
+    when the string's limiting cell does)::
 
-        q_k = z_k C_k                        charge held by cell k [Ah]
-        h_k = C_k - q_k                      charge it can still take [Ah]
-        excess_k = (min_j C_j - min_j q_j) - h_k
+        q_k = z_k C_k,   h_k = C_k - q_k,   excess_k = (min_j C_j - min_j q_j) - h_k
 
-    For equal capacities ``excess_k = (z_k - min_j z_j) C``: the SoC difference to the string's
-    lowest cell times the capacity. ``excess_k`` does not change when the series current flows
-    (every ``q_k`` moves by the same charge), so the target does not move with cycling, and
-    bleeding every cell to ``excess_k <= 0`` gives the string its largest possible usable
-    charge, ``min_j C_j`` (proof in ``docs/balancing.md``). ``alignment="soc"`` instead equalises
-    the SoC at the present state, ``excess_k = (z_k - min_j z_j) C_k``: the same for equal
-    capacities, less sensitive to errors of the capacity estimates, but its target moves with
-    the SoC when the capacities differ. A cell starts bleeding when ``excess_k`` exceeds
-    ``soc_threshold * C_k`` and stops once it is below ``(soc_threshold - soc_hysteresis) * C_k``.
+    Both are ``(z_k - min_j z_j) C`` for equal capacities. ``"top"`` is the right target when
+    the capacities differ (it does not move when the series current flows, and bleeding every
+    cell to ``excess_k <= 0`` gives the string its largest possible usable charge,
+    ``min_j C_j``; see ``docs/balancing.md``), but it needs capacity estimates better than the
+    threshold: an error of 2 % in one cell's capacity shifts its target by about 2 % of SoC at
+    the bottom of charge. A cell starts bleeding when ``excess_k`` exceeds ``soc_threshold *
+    C_k`` and stops below ``(soc_threshold - soc_hysteresis) * C_k``.
+
+    The SoC estimates are read only after ``settle_s`` of rest, when the estimator has been
+    able to correct them from the open-circuit voltage; while charging (and just after) the
+    excess of each cell is carried from that reading minus the charge bled since (counted
+    here). A coulomb count drifts during a charge by the error of each cell's capacity
+    estimate, and chasing that drift bleeds the wrong cells.
 ``"voltage"``: the simple alternative: a cell whose voltage exceeds its string's lowest by
     ``voltage_threshold_v`` bleeds (stops below ``voltage_threshold_v - voltage_hysteresis_v``),
     and only at or above ``min_voltage_v``. On LFP the OCV is flat between about 15 and 95 %
-    SoC (3.30 V +- 25 mV over most of it): a 1 % SoC difference is a few mV there, less than the
-    spread of the resistance drops and hystereses, so only near the top of charge (above about
+    SoC (3.30 V +- 25 mV over most of it): 1 % of SoC is a few mV there, less than the spread of
+    the resistance drops and of the hysteresis, so only near the top of charge (above about
     3.40 V, where the curve rises by over 4 V per unit SoC) does a voltage difference mean a
-    charge difference. Hence the minimum voltage.
+    charge difference. Hence the minimum voltage: voltage balancing of LFP works only when the
+    pack is charged to the top and rests there.
 
-Gates (for every strategy): nothing bleeds while the pack discharges above
-``max_discharge_current_a`` (with the contactors closed), when the hottest cell is above
-``max_temperature_degc`` (or unknown), or for a cell whose voltage reading is invalid. Bleed
-power is limited to ``max_bleed_power_w`` per module (or per pack): when more cells want to
-bleed, those furthest above their target go first. The duty cycle switches the resistors off for
-a fraction ``1 - duty_cycle`` of the time (the cell voltages are measured unloaded then): as a
-sigma-delta sequence over the BMS cycles, e.g. 4 cycles on, 1 off for 0.8.
+Gates (every strategy): nothing bleeds while the pack discharges above ``rest_current_a`` (with
+the contactors closed; while charging too if ``allow_charging`` is False), when the hottest cell
+is above ``max_temperature_degc`` (or unknown), or for a cell whose voltage reading is invalid.
+The bleed power is limited to ``max_bleed_power_w`` per module (or per pack): each module bleeds
+at most ``floor(max_bleed_power_w / (V_max^2 / R))`` cells (``V_max`` the highest cell voltage,
+so the limit holds whatever the voltages), those furthest above their target first. The duty
+cycle switches the resistors off for a fraction ``1 - duty_cycle`` of the time (the cell
+voltages are measured unloaded then), as a sigma-delta sequence over the BMS cycles (4 cycles
+on, 1 off for 0.8).
 
-Everything is vectorised over the cells; :meth:`Balancer.update` costs a handful of numpy calls
-(about 10 us for 16 cells, 30 us for 1,152 on the reference machine).
+Everything is vectorised over the cells, and a standing decision costs no array work:
+:meth:`Balancer.update` takes about 10 us for 16 cells and 15 us for 1,152
+(``benchmarks/balancing.py`` measures it).
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
 Strategy = Literal["soc", "voltage"]
-Alignment = Literal["top", "soc"]
+Alignment = Literal["soc", "top"]
 PowerScope = Literal["module", "pack"]
 
 #: Why nothing bleeds now (:attr:`Balancer.inhibit`); ``""`` while cells bleed.
@@ -70,6 +78,7 @@ INHIBIT_REASONS = (
     "discharging",
     "charging",
     "current_unknown",
+    "settling",
     "power_limit",
     "balanced",
     "measuring",
@@ -88,14 +97,17 @@ class BalancingConfig:
     ----------
     strategy : {"soc", "voltage"}
         Charge imbalance from the SoC estimates, or voltage difference.
-    alignment : {"top", "soc"}
-        SoC strategy only: line the cells up at the top of charge (charge-based, invariant
-        under the series current) or equalise the present SoC.
+    alignment : {"soc", "top"}
+        SoC strategy: equalise the SoC, or line the cells up at the top of charge (uses the
+        capacity estimates; right when they are better than ``soc_threshold``).
     soc_threshold : float
         Excess charge that starts bleeding a cell, as a fraction of its capacity [fraction].
     soc_hysteresis : float
         A bleeding cell stops below ``soc_threshold - soc_hysteresis`` [fraction], in
         ``[0, soc_threshold)``.
+    settle_s : float
+        SoC strategy: rest needed before the SoC estimates are read [s] >= 0; in between,
+        each cell's excess is carried from the last reading minus the charge bled since.
     voltage_threshold_v : float
         Voltage above the string's lowest cell that starts bleeding (voltage strategy) [V].
     voltage_hysteresis_v : float
@@ -116,12 +128,11 @@ class BalancingConfig:
     duty_cycle : float
         Fraction of the time the resistors of the cells selected are switched on, in (0, 1];
         off for the rest while the cell voltages are measured.
-    max_discharge_current_a : float
-        Bleeding is allowed at rest and while charging, not while the pack discharges above
-        this current [A] >= 0 (contactors closed; open contactors mean rest).
+    rest_current_a : float
+        Pack current below which the pack is at rest [A] >= 0; bleeding stops while it
+        discharges above it (contactors closed; open contactors mean rest).
     allow_charging : bool
-        Also bleed while charging (above ``max_discharge_current_a`` in the charge direction);
-        False: at rest only.
+        Also bleed while charging (False: at rest only).
     enabled : bool
         Master switch.
     """
@@ -130,6 +141,7 @@ class BalancingConfig:
     alignment: Alignment = "soc"
     soc_threshold: float = 0.003
     soc_hysteresis: float = 0.002
+    settle_s: float = 1800.0
     voltage_threshold_v: float = 0.010
     voltage_hysteresis_v: float = 0.005
     min_voltage_v: float = 3.40
@@ -138,42 +150,40 @@ class BalancingConfig:
     max_bleed_power_w: float = 4.0
     power_scope: PowerScope = "module"
     duty_cycle: float = 0.8
-    max_discharge_current_a: float = 1.0
+    rest_current_a: float = 1.0
     allow_charging: bool = True
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("soc", "voltage"):
-            raise ValueError(
-                f"BalancingConfig.strategy must be 'soc' or 'voltage', got {self.strategy!r}"
-            )
-        if self.alignment not in ("top", "soc"):
-            raise ValueError(
-                f"BalancingConfig.alignment must be 'top' or 'soc', got {self.alignment!r}"
-            )
-        if self.power_scope not in ("module", "pack"):
-            raise ValueError(
-                f"BalancingConfig.power_scope must be 'module' or 'pack', got {self.power_scope!r}"
-            )
-        for name, lo in (
+        for name, allowed in (
+            ("strategy", ("soc", "voltage")),
+            ("alignment", ("soc", "top")),
+            ("power_scope", ("module", "pack")),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(
+                    f"BalancingConfig.{name} must be one of {', '.join(allowed)}; got {value!r}"
+                )
+        for name, sign in (
             ("soc_threshold", "positive"),
             ("voltage_threshold_v", "positive"),
             ("bleed_resistance_ohm", "positive"),
             ("max_bleed_power_w", "positive"),
             ("soc_hysteresis", "non-negative"),
             ("voltage_hysteresis_v", "non-negative"),
-            ("max_discharge_current_a", "non-negative"),
+            ("settle_s", "non-negative"),
+            ("rest_current_a", "non-negative"),
         ):
             value = getattr(self, name)
-            ok = value > 0 if lo == "positive" else value >= 0
-            finite = math.isfinite(value) or name == "max_bleed_power_w"
-            if not (isinstance(value, int | float) and finite and ok):
-                raise ValueError(f"BalancingConfig.{name} must be finite and {lo}, got {value!r}")
+            finite = name == "max_bleed_power_w" or math.isfinite(value)
+            ok = value > 0 if sign == "positive" else value >= 0
+            if not (finite and ok):
+                raise ValueError(f"BalancingConfig.{name} must be finite and {sign}, got {value!r}")
         for name in ("min_voltage_v", "max_temperature_degc"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(
-                    f"BalancingConfig.{name} must be finite, got {getattr(self, name)!r}"
-                )
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"BalancingConfig.{name} must be finite, got {value!r}")
         if not self.soc_hysteresis < self.soc_threshold:
             raise ValueError(
                 "BalancingConfig.soc_hysteresis must be below soc_threshold (the stop level "
@@ -181,8 +191,9 @@ class BalancingConfig:
             )
         if not self.voltage_hysteresis_v < self.voltage_threshold_v:
             raise ValueError(
-                "BalancingConfig.voltage_hysteresis_v must be below voltage_threshold_v, got "
-                f"{self.voltage_hysteresis_v!r} >= {self.voltage_threshold_v!r}"
+                "BalancingConfig.voltage_hysteresis_v must be below voltage_threshold_v (the "
+                f"stop level must stay above 0), got {self.voltage_hysteresis_v!r} >= "
+                f"{self.voltage_threshold_v!r}"
             )
         if not 0.0 < self.duty_cycle <= 1.0:
             raise ValueError(
@@ -190,32 +201,31 @@ class BalancingConfig:
             )
 
     @classmethod
-    def for_chemistry(cls, chemistry: str, **overrides: object) -> BalancingConfig:
+    def for_chemistry(cls, chemistry: str, **overrides: Any) -> BalancingConfig:
         """Defaults for a chemistry, with overrides.
 
         Parameters
         ----------
         chemistry : str
-            ``"lfp"`` or ``"nmc"`` (case-insensitive; names starting with LFP/NMC/NCA).
+            ``"lfp"`` or ``"nmc"`` (case-insensitive; names starting with LFP, NMC or NCA).
         **overrides
             Any :class:`BalancingConfig` field.
 
         Returns
         -------
         BalancingConfig
-            LFP: voltage balancing from 3.40 V (top of charge). NMC: from 3.90 V; the NMC OCV
-            is steep enough everywhere for a 10 mV threshold to mean about 1 % SoC.
+            LFP: voltage balancing from 3.40 V (the top of charge). NMC/NCA: from 3.90 V; the
+            OCV is steep enough there for 10 mV to mean about 1 % of SoC.
         """
         chem = chemistry.strip().lower()
-        base: dict[str, object]
         if chem.startswith("lfp"):
-            base = {"min_voltage_v": 3.40}
+            base: dict[str, Any] = {"min_voltage_v": 3.40}
         elif chem.startswith(("nmc", "nca")):
             base = {"min_voltage_v": 3.90}
         else:
             raise ValueError(f"unknown chemistry {chemistry!r}: expected 'lfp' or 'nmc'")
         base.update(overrides)
-        return cls(**base)  # type: ignore[arg-type]
+        return cls(**base)
 
 
 @dataclass
@@ -229,7 +239,7 @@ class BalancingEvent:
     code : str
         ``"balancing_started"`` or ``"balancing_finished"``.
     message : str
-        Details (cells wanting to bleed).
+        Details.
     """
 
     time_s: float
@@ -260,7 +270,7 @@ def select_top(
         selected in one group.
     """
     n = candidate.size
-    if k <= 0:
+    if k <= 0 or n == 0:
         return np.zeros(n, dtype=bool), 0
     per_group = np.add.reduce(candidate.reshape(-1, group_size), axis=1, dtype=np.intp)
     most = int(per_group.max())
@@ -273,19 +283,6 @@ def select_top(
     sel = out.reshape(-1)
     sel &= candidate
     return sel, k
-
-
-#: Arrays up to this size are reduced in pure Python (numpy's per-call cost dominates).
-_SMALL = 32
-
-
-def _amin(a: FloatArray) -> float:
-    """Smallest value; NaN if any value is NaN (like numpy.minimum.reduce)."""
-    if a.size <= _SMALL:
-        values = a.tolist()
-        m = min(values)
-        return math.nan if any(x != x for x in values) else m
-    return float(np.minimum.reduce(a))
 
 
 _A = TypeVar("_A", bound=npt.NDArray[Any])
@@ -320,8 +317,9 @@ class Balancer:
     wanted : numpy.ndarray of bool
         Cells above their target (the hysteresis state), whether or not allowed to bleed now.
     bleed_current_a : numpy.ndarray
-        Bleed current each cell draws over the next interval [A] (0 where off), read-only:
-        add it to the cell current given to the SoC estimator at the next cycle.
+        Bleed current each cell draws over the next interval [A] (0 where off), read-only.
+        The SoC estimator must count it: subtract ``bleed_current_a * dt / 3600`` [Ah] from
+        each cell's charge at the next cycle.
     bleeding : bool
         Any cell in ``mask``.
     n_balancing : int
@@ -330,14 +328,16 @@ class Balancer:
         Cells in ``wanted``.
     inhibit : str
         Why nothing bleeds (one of :data:`INHIBIT_REASONS`), ``""`` while cells bleed.
+    rest_s : float
+        Time the pack has been at rest [s].
 
     Notes
     -----
     The cells to bleed are re-selected when one of them reaches its target, when the wanted
     set changes and the power limit does not bind, when the limit no longer allows as many,
     and every :data:`RESELECT_S` seconds (which also refreshes their bleed currents from the
-    measured voltages). In between, the decision stands and costs no array work, and the
-    counters are booked when it changes (or when they are read).
+    measured voltages). In between, the decision stands and costs no array work; the counters
+    are booked when it changes (or when they are read).
     """
 
     def __init__(
@@ -375,8 +375,9 @@ class Balancer:
         self.bleeding = False
         self.n_balancing = 0
         self.n_wanted = 0
-        self.inhibit = "balanced"
+        self.inhibit = "settling" if config.strategy == "soc" else "balanced"
         self.time_s = math.nan
+        self.rest_s = 0.0
         self.events: list[BalancingEvent] = []
         # Counters in the units cheapest to accumulate (s, A s, A^2 s), and the time the
         # present decision has held without being booked yet.
@@ -386,12 +387,19 @@ class Balancer:
         self._pending_s = 0.0
         self._credit_s = 0.0
         # The standing selection (kept through measuring cycles), its bleed currents, when it
-        # was made and the most cells it puts in one group.
+        # was made, the most cells it puts in one group, and whether the power limit bound.
         self._sel: BoolArray | None = None
         self._sel_current: FloatArray = self._no_current
         self._sel_time_s = -math.inf
         self._sel_most = 0
         self._sel_bound = False
+        # SoC strategy: the last reading of the estimates at a settled rest (relative excess
+        # and capacities), and once past it, the excess in Ah and the bleed counter then.
+        self._ref_rel: FloatArray | None = None
+        self._ref_cap: FloatArray = np.ones(n)
+        self._ref_open = False
+        self._ref_ah: FloatArray = np.zeros(n)
+        self._ref_bled_as: FloatArray = np.zeros(n)
         self._inv_r = 1.0 / config.bleed_resistance_ohm
         self._one_string = n_strings == 1
         self._soc = config.strategy == "soc"
@@ -497,25 +505,49 @@ class Balancer:
         dt = dt_s if 0.0 < dt_s < math.inf else 0.0
         if self.bleeding:
             self._pending_s += dt
+        i_pack = pack_current_a
+        at_rest = not contactor_closed or abs(i_pack) <= cfg.rest_current_a
+        self.rest_s = self.rest_s + dt if at_rest else 0.0
+        settled = at_rest and self.rest_s >= cfg.settle_s
+        if self._ref_open and not settled:
+            self._close_reference(dt)
 
         if not cfg.enabled:
             return self._off("disabled")
         t_max = temperature_max_degc
         if not t_max <= cfg.max_temperature_degc:
             return self._off("temperature" if t_max == t_max else "temperature_unknown")
-        i_pack = pack_current_a
-        if contactor_closed:
-            if not i_pack <= cfg.max_discharge_current_a:
+        if contactor_closed and not at_rest:
+            if not i_pack <= cfg.rest_current_a:
                 return self._off("discharging" if i_pack == i_pack else "current_unknown")
-            if not cfg.allow_charging and i_pack < -cfg.max_discharge_current_a:
+            if not cfg.allow_charging:
                 return self._off("charging")
 
         v = cell_voltage_v
         n_bad = voltage_valid.size - int(np.count_nonzero(voltage_valid))
         if self._soc:
-            want, excess = self._want_soc(cell_soc, cell_capacity_ah)
+            cap = cell_capacity_ah
+            if settled:
+                rel = self._relative_excess(cell_soc, cap)
+                self._ref_rel = rel
+                self._ref_cap = cap.copy()
+                self._ref_open = True
+            elif self._ref_rel is None:
+                return self._off("settling")
+            else:
+                self._flush()
+                cap = self._ref_cap
+                rel = self._charge_as - self._ref_bled_as
+                rel *= -1.0 / 3600.0
+                rel += self._ref_ah
+                rel /= cap
+            level = self.wanted * -self._hyst
+            level += self._start
+            # NaN SoC or capacity in a string makes its excess NaN: no bleeding there.
+            want: BoolArray = rel > level
             if n_bad:
                 want &= voltage_valid
+            excess = rel
         else:
             want, excess = self._want_voltage(v, voltage_valid, n_bad)
         self._set_wanted(want)
@@ -542,7 +574,7 @@ class Balancer:
                 # hysteresis further from their target: the selection does not flip-flop.
                 priority = excess + np.where(sel, self._hyst, 0.0)
             if self._soc:  # charge [Ah] first: the time each cell still needs to bleed
-                priority = priority * cell_capacity_ah
+                priority = priority * cap
             chosen, most = select_top(want, priority, k, self._group)
             sel = self._sel = _frozen(chosen)
             self._sel_most = most
@@ -567,6 +599,17 @@ class Balancer:
         self.bleeding = self.n_balancing > 0
         self.inhibit = ""
         return sel
+
+    def _close_reference(self, dt: float) -> None:
+        """Leaving a settled rest: turn the last reading into a charge to bleed [Ah]."""
+        self._ref_open = False
+        self._flush()
+        ref = self._ref_rel
+        if ref is None:  # pragma: no cover - opened only with a reading
+            return
+        # The interval just ended bled at the currents decided at that reading.
+        self._ref_ah = ref * self._ref_cap - self.bleed_current_a * (dt / 3600.0)
+        self._ref_bled_as = self._charge_as.copy()
 
     def _needs_reselect(self, sel: BoolArray, want: BoolArray) -> bool:
         """A selected cell is no longer wanted, or wanted cells wait while there is room."""
@@ -602,9 +645,8 @@ class Balancer:
             )
             log.debug("balancing finished")
 
-    def _want_soc(self, z: FloatArray, cap: FloatArray) -> tuple[BoolArray, FloatArray]:
-        """Cells whose excess charge exceeds their threshold, and the excess [fraction of
-        each cell's capacity] (the excess in Ah is this times the capacity)."""
+    def _relative_excess(self, z: FloatArray, cap: FloatArray) -> FloatArray:
+        """Each cell's excess charge as a fraction of its capacity (NaN where unknown)."""
         rel: FloatArray
         if self._one_string:
             if self._top:
@@ -615,25 +657,20 @@ class Balancer:
                 rel -= 1.0
             else:
                 rel = z - float(np.minimum.reduce(z))
+            return rel
+        shape = (self.n_strings, self.n_series)
+        z2 = z.reshape(shape)
+        if self._top:
+            c2 = cap.reshape(shape)
+            h2 = np.minimum.reduce(c2, axis=1, keepdims=True)
+            h2 -= np.minimum.reduce(z2 * c2, axis=1, keepdims=True)
+            r2 = h2 / c2
+            r2 += z2
+            r2 -= 1.0
         else:
-            shape = (self.n_strings, self.n_series)
-            z2 = z.reshape(shape)
-            if self._top:
-                c2 = cap.reshape(shape)
-                h2 = np.minimum.reduce(c2, axis=1, keepdims=True)
-                h2 -= np.minimum.reduce(z2 * c2, axis=1, keepdims=True)
-                r2 = h2 / c2
-                r2 += z2
-                r2 -= 1.0
-            else:
-                r2 = z2 - np.minimum.reduce(z2, axis=1, keepdims=True)
-            rel = r2.reshape(-1)
-        # Threshold: the start level, lowered by the hysteresis for cells already wanted.
-        # NaN SoC (or capacity) in a string makes its excess NaN: no bleeding there.
-        level = self.wanted * -self._hyst
-        level += self._start
-        want: BoolArray = rel > level
-        return want, rel
+            r2 = z2 - np.minimum.reduce(z2, axis=1, keepdims=True)
+        rel = r2.reshape(-1)
+        return rel
 
     def _want_voltage(
         self, v: FloatArray, valid: BoolArray, n_bad: int
@@ -641,7 +678,7 @@ class Balancer:
         """Cells above their string's lowest valid voltage by the threshold, and the excess."""
         vv = np.where(valid, v, np.inf) if n_bad else v
         if self._one_string:
-            excess = v - _amin(vv)
+            excess = v - float(np.minimum.reduce(vv))
         else:
             v2 = vv.reshape(self.n_strings, self.n_series)
             floor = np.minimum.reduce(v2, axis=1, keepdims=True)

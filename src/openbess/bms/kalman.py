@@ -156,6 +156,7 @@ class KalmanConfig:
     initial_rc_std_v: float = 0.005
     min_soc_std: float = 0.01
     ocv_soc_error: float = 0.0
+    chunk_cells: int = 16384
 
     def __post_init__(self) -> None:
         if self.method not in ("spkf", "ekf"):
@@ -236,31 +237,56 @@ class _Tables:
         self.coef = [
             tuple(np.ascontiguousarray(x[r].reshape(-1)) for x in (v, b, c, d)) for r in range(k)
         ]
-        self.t_width = np.append(np.diff(self.temps), 1.0) if nt > 1 else np.ones(1)
-        self.tau = p.rc_tau_s.astype(np.float64)  # (nrc, nt)
+        t_width = np.append(np.diff(self.temps), 1.0) if nt > 1 else np.ones(1)
+        self._inv_width = 1.0 / t_width
+        self.tau = [np.ascontiguousarray(r, dtype=np.float64) for r in p.rc_tau_s]  # per pair
         self.eta = p.coulombic_efficiency.astype(np.float64)  # (nt,)
+        self._rows: dict[int, tuple[FloatArray, FloatArray, bool]] = {}
+        self._rep: dict[int, tuple[FloatArray, FloatArray]] = {}
 
     def temperature_weights(self, temperature_degc: FloatArray) -> tuple[IntArray, FloatArray]:
-        """Row offset ``j * ns`` and fraction ``ft`` of each temperature (clipped to the grid)."""
+        """Row offset ``j * ns`` and fraction ``ft`` of each temperature (clipped to the grid).
+
+        The row ``j`` is found by comparisons with the (few) grid temperatures, which is
+        several times faster than a binary search over 100,000 cells.
+        """
         n = np.shape(temperature_degc)[0]
         if self.nt == 1:
             return np.zeros(n, dtype=np.intp), np.zeros(n)
         t = self.temps
         tc = np.minimum(np.maximum(temperature_degc, t[0]), t[-1])
-        j = np.searchsorted(t, tc, side="right") - 1
-        ft: FloatArray = (tc - t[j]) / self.t_width[j]
+        j = np.zeros(n, dtype=np.intp)
+        for k in range(1, self.nt - 1):
+            j += tc >= t[k]
+        j[tc >= t[-1]] = self.nt - 1
+        ft: FloatArray = tc - np.take(t, j)
+        ft *= np.take(self._inv_width, j)
         jb: IntArray = j * self.ns
         return jb, ft
 
     def along_temperature(self, row: FloatArray, jb: IntArray, ft: FloatArray) -> FloatArray:
         """Linear interpolation of a per-temperature row (``np.interp`` with clipping)."""
-        if self.nt == 1:
+        key = id(row)
+        if key not in self._rows:
+            slope = np.append(np.diff(row), 0.0) if self.nt > 1 else np.zeros(1)
+            const = bool(np.all(row == row[0]))
+            self._rows[key] = (row, slope, const)
+        _, slope, const = self._rows[key]
+        if const:
             return np.full(jb.shape, float(row[0]))
-        j = jb // self.ns
-        lo = np.take(row, j)
-        hi = np.take(row, np.minimum(j + 1, self.nt - 1))
-        out: FloatArray = lo + (hi - lo) * ft
+        # The flat index jb = j * ns: gather from rows repeated ns times (no division).
+        lo_rep, slope_rep = self._repeated(key, row, slope)
+        out: FloatArray = np.take(slope_rep, jb)
+        out *= ft
+        out += np.take(lo_rep, jb)
         return out
+
+    def _repeated(
+        self, key: int, row: FloatArray, slope: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        if key not in self._rep:
+            self._rep[key] = (np.repeat(row, self.ns), np.repeat(slope, self.ns))
+        return self._rep[key]
 
     def soc_index(self, soc: FloatArray, jb: IntArray) -> tuple[IntArray, FloatArray]:
         """Flat cell index and SoC fraction of each point."""
@@ -338,6 +364,7 @@ class SocKalmanFilter:
         ).copy()
         #: Resistance multiplier per cell [1] (e.g. from :class:`ResistanceEstimator`).
         self.r_scale: FloatArray = np.ones(n_cells)
+        self._scaled = False
         self.n_rc = p.n_rc
         self.has_hysteresis = bool(np.any(p.hysteresis_v > 0) and p.hysteresis_rate > 0)
         self.i_v = list(range(1, 1 + self.n_rc))
@@ -609,195 +636,248 @@ class SocKalmanFilter:
         """
         if not self._initialised:
             raise ValueError("initialise the filter before the first step")
+        n = self.n_cells
         temp = self._temperature(temperature_degc)
-        jb, ft = self._tab.temperature_weights(temp)
-        i = np.asarray(current_a, dtype=np.float64)
+        i = np.broadcast_to(np.asarray(current_a, dtype=np.float64), (n,))
         i = np.where(np.isfinite(i), i, 0.0)
+        v = np.broadcast_to(np.asarray(voltage_v, dtype=np.float64), (n,))
+        ok = np.isfinite(v)
+        if valid is not None:
+            ok &= np.broadcast_to(np.asarray(valid, dtype=bool), (n,))
         if dt_s > 0:
-            self._predict(float(dt_s), i, jb, ft)
-        self._correct(np.asarray(voltage_v, dtype=np.float64), i, jb, ft, valid)
+            self._last_dt_s = float(dt_s)
+        r_meas = self.config.measurement_variance(self._last_dt_s)
+        self._scaled = not bool(np.all(self.r_scale == 1.0))
+        # Chunks that stay in the processor cache (the arithmetic is memory-bound).
+        size = max(int(self.config.chunk_cells), 1)
+        for start in range(0, n, size):
+            sl = slice(start, min(start + size, n))
+            jb, ft = self._tab.temperature_weights(temp[sl])
+            if dt_s > 0:
+                self._predict(sl, float(dt_s), i[sl], jb, ft)
+            self._correct(sl, v[sl], i[sl], jb, ft, ok[sl], r_meas)
         return self.soc
 
-    def _predict(self, dt_s: float, i_m: FloatArray, jb: IntArray, ft: FloatArray) -> None:
+    def _predict(
+        self, sl: slice, dt_s: float, i_m: FloatArray, jb: IntArray, ft: FloatArray
+    ) -> None:
+        """Time update of the cells ``sl`` (state and covariance views updated in place)."""
         cfg = self.config
         tab = self._tab
-        x = self.x
-        P = self.P
-        ib = self.i_b
+        x = self.x[:, sl]
+        P = self.P[:, :, sl]
+        cap = self.capacity_ah[sl]
+        ib, ih = self.i_b, self.i_h
         i_eff = i_m - x[ib] if ib is not None else i_m
-        self._last_dt_s = dt_s
-        charging = i_eff < 0.0
-        eta = np.where(charging, tab.along_temperature(tab.eta, jb, ft), 1.0)
-        c = eta * (dt_s / 3600.0) / self.capacity_ah  # SoC per ampere over the step
+        eta = np.where(i_eff < 0.0, tab.along_temperature(tab.eta, jb, ft), 1.0)
+        c = eta * (dt_s / 3600.0) / cap  # SoC per ampere over the step
         dz = c * i_eff
         # RC resistances at the start-of-step SoC, as ecm.step does.
         idx, fz = tab.soc_index(x[0], jb)
-        f: list[FloatArray | None] = [None] * self.n_states
-        g: list[FloatArray | None] = [None] * self.n_states
-        q: list[FloatArray] = [np.empty(0)] * self.n_states
-        abs_dz = np.abs(dz)
-        q[0] = (cfg.current_gain_error**2 + cfg.capacity_error**2) * abs_dz + (
-            cfg.soc_random_walk_per_sqrt_s**2 * dt_s
-        )
-        if cfg.current_noise_a > 0:
-            q[0] = q[0] + (c * cfg.current_noise_a) ** 2
-        g[0] = c
         i_v = i_eff if cfg.bias_in_voltage else i_m
         abs_i = np.abs(i_v)
+        n = self.n_states
+        f: list[FloatArray | None] = [None] * n
+        g: list[FloatArray | None] = [None] * n
+        q: list[FloatArray | float] = [0.0] * n
         for k, row in enumerate(self.i_v):
-            r_k = tab.value(3 + k, idx, fz, ft) * self.r_scale
-            tau = tab.along_temperature(tab.tau[k], jb, ft)
-            a = np.exp(-dt_s / tau)
+            wr = tab.value(3 + k, idx, fz, ft)
+            if self._scaled:
+                wr *= self.r_scale[sl]
+            a = np.exp(-dt_s / tab.along_temperature(tab.tau[k], jb, ft))
             w = 1.0 - a
-            wr = w * r_k
-            x[row] = a * x[row] + wr * i_v
+            wr *= w  # (1 - a) R_k
+            xr = x[row]
+            xr *= a
+            xr += wr * i_v
             f[row] = a
-            g[row] = -wr if cfg.bias_in_voltage else None
-            qk = (cfg.rc_error * wr * abs_i) ** 2 + (1e-5 * w) ** 2
+            if cfg.bias_in_voltage and ib is not None:
+                g[row] = -wr
+            qk = cfg.rc_error * wr * abs_i
+            qk *= qk
+            qk += (1e-5 * w) ** 2
             if cfg.current_noise_a > 0:
                 qk += (wr * cfg.current_noise_a) ** 2
             q[row] = qk
-        x[0] = x[0] - dz
-        if self.i_h is not None:
+        q0 = np.abs(dz)
+        q0 *= cfg.current_gain_error**2 + cfg.capacity_error**2
+        q0 += cfg.soc_random_walk_per_sqrt_s**2 * dt_s
+        if cfg.current_noise_a > 0:
+            q0 += (c * cfg.current_noise_a) ** 2
+        q[0] = q0
+        if ib is not None:
+            g[0] = c
+        x0 = x[0]
+        x0 -= dz
+        np.clip(x0, 0.0, 1.0, out=x0)
+        if ih is not None:
             gamma = self.model.params.hysteresis_rate
-            d = np.exp(-np.abs(eta * i_eff) * gamma * (dt_s / 3600.0) / self.capacity_ah)
-            hrow = self.i_h
-            x[hrow] = d * x[hrow] + (1.0 - d) * (-np.sign(i_eff))
-            f[hrow] = d
-            q[hrow] = cfg.hysteresis_noise**2 * (1.0 - d) + 1e-10 * dt_s
+            d = np.exp(-np.abs(dz) * gamma)
+            xh = x[ih]
+            xh *= d
+            xh -= (1.0 - d) * np.sign(i_eff)
+            f[ih] = d
+            q[ih] = cfg.hysteresis_noise**2 * (1.0 - d) + 1e-10 * dt_s
         if ib is not None:
-            q[ib] = np.full(self.n_cells, cfg.bias_random_walk_a_per_sqrt_s**2 * dt_s)
-        else:
-            g = [None] * self.n_states
-        # P' = F P F^T + Q with F = diag(f) + g e_b^T (upper triangle only).
-        n = self.n_states
+            q[ib] = cfg.bias_random_walk_a_per_sqrt_s**2 * dt_s
+        # P' = F P F^T + Q with F = diag(f) + g e_b^T, on the upper triangle. alpha_r is
+        # (F P)[r, b] = f_r P[r, b] + g_r P[b, b], from the old P.
+        alpha: list[FloatArray | None] = [None] * n
         if ib is not None:
-            # alpha_r = (F P)[r, b] = f_r P[r, b] + g_r P[b, b]
             pbb = P[ib, ib]
-            alpha: list[FloatArray] = []
             for r in range(n):
-                fr, gr = f[r], g[r]
-                a_r = P[r, ib] if r < ib else pbb
-                a_r = a_r * fr if fr is not None else a_r.copy()
+                if g[r] is None and f[r] is None:
+                    continue
+                a_r = P[r, ib] * f[r] if f[r] is not None else P[r, ib].copy()
+                gr = g[r]
                 if gr is not None:
                     a_r += gr * pbb
-                alpha.append(a_r)
+                alpha[r] = a_r
         for r in range(n):
             fr, gr = f[r], g[r]
             for s in range(r, n):
                 fs, gs = f[s], g[s]
-                # (F P)[r, s] = f_r P[r, s] + g_r P[b, s]
                 prs = P[r, s]
-                t = prs * fr if fr is not None else prs.copy()
+                # (F P)[r, s] = f_r P[r, s] + g_r P[b, s], then (F P F^T)[r, s].
+                if fr is not None:
+                    prs *= fr
                 if gr is not None and ib is not None:
-                    t += gr * (P[s, ib] if s < ib else P[ib, s])
+                    prs += gr * P[s, ib]
                 if fs is not None:
-                    t *= fs
+                    prs *= fs
                 if gs is not None:
-                    t += gs * alpha[r]
+                    ar = alpha[r]
+                    prs += gs * (ar if ar is not None else P[r, ib])
                 if r == s:
-                    t += q[r]
-                P[r, s] = t
-        x[0] = np.minimum(np.maximum(x[0], 0.0), 1.0)
+                    prs += q[r]
 
     def _correct(
         self,
+        sl: slice,
         v_meas: FloatArray,
         i_m: FloatArray,
         jb: IntArray,
         ft: FloatArray,
-        valid: BoolArray | None,
+        ok: BoolArray,
+        r_meas: float,
     ) -> None:
+        """Measurement update of the cells ``sl`` (sigma-point or EKF, see the module doc)."""
         cfg = self.config
         tab = self._tab
-        x = self.x
-        P = self.P
+        x = self.x[:, sl]
+        P = self.P[:, :, sl]
         n = self.n_states
-        ok = np.isfinite(v_meas)
-        if valid is not None:
-            ok &= np.asarray(valid, dtype=bool)
         ib, ih = self.i_b, self.i_h
+        rs = self.r_scale[sl] if self._scaled else None
         # First Cholesky column l = P[:, 0] / sqrt(P00).
-        s0 = np.sqrt(np.maximum(P[0, 0], 1e-14))
-        inv = 1.0 / s0
+        inv = 1.0 / np.sqrt(np.maximum(P[0, 0], 1e-14))
         lcol = [P[0, r] * inv for r in range(n)]
-        if cfg.method == "spkf":
-            step = cfg.sigma_step
-        else:
-            step = EKF_SOC_STEP * inv  # absolute SoC step EKF_SOC_STEP
-        # Mean point.
-        z = x[0]
-        idx0, fz0 = tab.soc_index(z, jb)
-        ocv0 = tab.value(0, idx0, fz0, ft)
-        m0 = tab.value(1, idx0, fz0, ft)
-        r00 = tab.value(2, idx0, fz0, ft) * self.r_scale
-        i_eff = i_m - x[ib] if ib is not None and cfg.bias_in_voltage else i_m
+        step: FloatArray | float
+        step = cfg.sigma_step if cfg.method == "spkf" else EKF_SOC_STEP * inv
+        bias_v = cfg.bias_in_voltage and ib is not None
+        i_eff = i_m - x[ib] if bias_v and ib is not None else i_m
+        vsum = x[1].copy()
+        lv = lcol[1].copy()
+        for k in self.i_v[1:]:
+            vsum += x[k]
+            lv += lcol[k]
         h = x[ih] if ih is not None else None
-        vsum = x[1] if self.n_rc == 1 else x[1 : 1 + self.n_rc].sum(axis=0)
-        y0 = ocv0 - r00 * i_eff - vsum
-        if h is not None:
-            y0 += m0 * h
-        # The two sigma points that move z.
-        ys: list[FloatArray] = []
-        for sign in (1.0, -1.0):
-            dstep = sign * step
-            zp = z + dstep * lcol[0]
-            idx, fz = tab.soc_index(zp, jb)
-            ocv = tab.value(0, idx, fz, ft)
-            r0 = tab.value(2, idx, fz, ft) * self.r_scale
-            ie = i_eff - dstep * lcol[ib] if ib is not None and cfg.bias_in_voltage else i_eff
-            y = ocv - r0 * ie - vsum
-            lv = lcol[1] if self.n_rc == 1 else sum(lcol[k] for k in self.i_v)
-            y -= dstep * lv
+
+        def model_voltage(
+            z: FloatArray, dstep: FloatArray | float | None
+        ) -> tuple[FloatArray, FloatArray, FloatArray]:
+            """Voltage at ``x + dstep l`` (``None``: at the mean), with M and R0 there."""
+            idx, fz = tab.soc_index(z, jb)
+            y = tab.value(0, idx, fz, ft)
+            r0 = tab.value(2, idx, fz, ft)
+            if rs is not None:
+                r0 *= rs
+            ie = i_eff
+            if dstep is not None and bias_v and ib is not None:
+                ie = i_eff - dstep * lcol[ib]
+            y -= r0 * ie
+            y -= vsum
+            m: FloatArray = np.zeros(0)
             if h is not None and ih is not None:
                 m = tab.value(1, idx, fz, ft)
-                y += m * (h + dstep * lcol[ih])
-            ys.append(y)
-        y_plus, y_minus = ys
-        dcol = (y_plus - y_minus) / (2.0 * step)
+                y += m * (h if dstep is None else h + dstep * lcol[ih])
+            if dstep is not None:
+                y -= dstep * lv
+            return y, m, r0
+
+        z = x[0]
+        y0, m0, r00 = model_voltage(z, None)
+        y_plus = model_voltage(z + step * lcol[0], step)[0]
+        y_minus = model_voltage(z - step * lcol[0], -step)[0]
+        dcol = y_plus - y_minus
+        dcol /= 2.0 * step
+        pyy = r_meas + dcol * dcol
         if cfg.method == "spkf":
-            s2 = y_plus + y_minus - 2.0 * y0
-            y_hat = y0 + s2 / (2.0 * step * step)
-            second = (step * step - 1.0) / (4.0 * step**4) * s2 * s2
+            s2 = y_plus + y_minus
+            s2 -= 2.0 * y0
+            hs2 = cfg.sigma_step**2
+            y_hat = y0 + s2 / (2.0 * hs2)
+            s2 *= s2
+            pyy += ((hs2 - 1.0) / (4.0 * hs2 * hs2)) * s2
         else:
             y_hat = y0
-            second = None
-        # Affine part H (columns 1..n-1) at the mean: v_k -> -1, h -> M, b -> R0.
-        hrow: list[tuple[int, FloatArray | float]] = [(k, -1.0) for k in self.i_v]
+        if cfg.ocv_soc_error > 0:
+            idx0, _ = tab.soc_index(z, jb)
+            slope = tab.slope(0, idx0, ft)
+            slope *= cfg.ocv_soc_error
+            pyy += slope * slope
+        # Affine part H at the mean (columns 1..n-1): v_k -> -1, h -> M, b -> R0.
+        hrow: list[tuple[int, FloatArray | None]] = [(k, None) for k in self.i_v]
         if ih is not None:
             hrow.append((ih, m0))
-        if ib is not None and cfg.bias_in_voltage:
+        if bias_v and ib is not None:
             hrow.append((ib, r00))
-        # u = (P - l l^T) H^T, HPH = H (P - l l^T) H^T
-        lh = sum(lcol[c] * hc for c, hc in hrow)
+        # u = (P - l l^T) H^T (u[0] is zero), HPH = H (P - l l^T) H^T.
+        lh = -lv
+        if ih is not None:
+            lh += lcol[ih] * m0
+        if bias_v and ib is not None:
+            lh += lcol[ib] * r00
         u: list[FloatArray] = []
         for r in range(n):
-            acc = -lcol[r] * lh
-            for c, hc in hrow:
-                acc += self._p(r, c) * hc
+            acc = lcol[r] * lh
+            np.negative(acc, out=acc)
+            for col, hc in hrow:
+                prc = P[r, col] if r <= col else P[col, r]
+                if hc is None:
+                    acc -= prc
+                else:
+                    acc += prc * hc
             u.append(acc)
-        hph = sum(u[c] * hc for c, hc in hrow)
-        pyy = hph + dcol * dcol + cfg.measurement_variance(self._last_dt_s)
-        if cfg.ocv_soc_error > 0:
-            slope = tab.slope(0, idx0, ft)
-            pyy += (slope * cfg.ocv_soc_error) ** 2
-        if second is not None:
-            pyy += second
-        pyy = np.maximum(pyy, 1e-12)
-        pxy = [u[r] + lcol[r] * dcol for r in range(n)]
-        innov = np.where(ok, v_meas - y_hat, 0.0)
-        inv_pyy = np.where(ok, 1.0 / pyy, 0.0)
-        self.innovation_v = np.where(ok, innov, np.nan)
-        self.innovation_std_v = np.sqrt(pyy)
-        gain = [pxy[r] * inv_pyy for r in range(n)]
+        for col, hc in hrow:
+            if hc is None:
+                pyy -= u[col]
+            else:
+                pyy += u[col] * hc
+        np.maximum(pyy, 1e-12, out=pyy)
+        # P_xy, gain, update (rows with an invalid voltage get zero gain).
+        innov = v_meas - y_hat
+        self.innovation_std_v[sl] = np.sqrt(pyy)
+        inv_pyy = np.divide(1.0, pyy, out=pyy)
+        if bool(ok.all()):
+            self.innovation_v[sl] = innov
+        else:
+            self.innovation_v[sl] = np.where(ok, innov, np.nan)
+            inv_pyy[~ok] = 0.0
+            innov[~ok] = 0.0
+        pxy = u
         for r in range(n):
-            x[r] += gain[r] * innov
+            pxy[r] += lcol[r] * dcol
+        buf = np.empty_like(innov)
+        for r in range(n):
+            gr = np.multiply(pxy[r], inv_pyy, out=lcol[r])  # lcol is no longer needed
+            x[r] += np.multiply(gr, innov, out=buf)
             for s in range(r, n):
-                P[r, s] -= gain[r] * pxy[s]
-            P[r, r] = np.maximum(P[r, r], 1e-14)
-        x[0] = np.minimum(np.maximum(x[0], 0.0), 1.0)
+                P[r, s] -= np.multiply(gr, pxy[s], out=buf)
+            np.maximum(P[r, r], 1e-14, out=P[r, r])
+        np.clip(x[0], 0.0, 1.0, out=x[0])
         if ih is not None:
-            x[ih] = np.minimum(np.maximum(x[ih], -1.0), 1.0)
+            np.clip(x[ih], -1.0, 1.0, out=x[ih])
 
 
 # -- state of health -----------------------------------------------------------------------

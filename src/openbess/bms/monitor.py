@@ -71,7 +71,12 @@ IntArray = npt.NDArray[np.int64]
 _SMALL = 32
 #: Samples of string current and mean voltage kept for the stuck-value check.
 _HISTORY = 256
+#: On clean samples the stuck-value scan runs every this many samples (it costs a few
+#: gathers); a stuck reading is found at most this many samples later.
+STUCK_SCAN_EVERY = 4
 _NO_CAUSES: Mapping[str, int] = MappingProxyType({})
+_FALSE1: BoolArray = np.zeros(1, dtype=np.bool_)
+_FALSE1.flags.writeable = False
 
 
 def min_max(a: FloatArray) -> tuple[float, float]:
@@ -366,6 +371,7 @@ class Monitor:
         self._ref_t: FloatArray | None = None
         self._extra_t: FloatArray | None = None
         self._prev_i: FloatArray | None = None
+        self._prev_x = math.nan  # one string: its last usable current [A]
         self._fail_i: IntArray = np.zeros(n_strings, dtype=np.int64)
         self._pass_i: IntArray = np.zeros(n_strings, dtype=np.int64)
         self._mismatch: BoolArray = np.zeros(n_strings, dtype=np.bool_)
@@ -537,7 +543,7 @@ class Monitor:
 
     def _currents(
         self, i: FloatArray, flags: BoolArray, expect_zero: bool, new: bool
-    ) -> tuple[BoolArray, bool, bool, bool, dict[str, int], FloatArray | float, FloatArray]:
+    ) -> tuple[BoolArray, bool, bool, bool, dict[str, int], FloatArray | float, FloatArray | float]:
         """Current verdict: mask, valid, implausible, trusted, causes, ``|dI|`` per string
         (inf when unknown) and the currents for the history (NaN where unusable)."""
         causes: dict[str, int] = {}
@@ -559,14 +565,16 @@ class Monitor:
             if implausible:
                 causes["current_zero"] = 1
             usable = hw_ok and not implausible
-            prev = self._prev_i
+            prev_x = self._prev_x
             di: FloatArray | float = math.inf
             if new:
-                if usable and prev is not None:
-                    di = abs(x - float(prev[0]))
-                self._prev_i = np.array([x]) if usable else None
-            ring = np.array([x if usable else math.nan])
-            mask = flags if usable else np.zeros(1, dtype=np.bool_)
+                if usable:
+                    di = abs(x - prev_x)  # inf - ... or NaN: no allowance limit
+                    if di != di:
+                        di = math.inf
+                self._prev_x = x if usable else math.nan
+            ring = x if usable else math.nan
+            mask = flags if usable else _FALSE1
             trusted = usable and not violated
             return mask, hw_ok, implausible, trusted, causes, di, ring
         return self._currents_strings(i, flags, expect_zero, new, causes)
@@ -578,7 +586,7 @@ class Monitor:
         expect_zero: bool,
         new: bool,
         causes: dict[str, int],
-    ) -> tuple[BoolArray, bool, bool, bool, dict[str, int], FloatArray | float, FloatArray]:
+    ) -> tuple[BoolArray, bool, bool, bool, dict[str, int], FloatArray | float, FloatArray | float]:
         """:meth:`_currents` for several strings (vectorised)."""
         p = self.params
         with np.errstate(invalid="ignore"):
@@ -653,7 +661,7 @@ class Monitor:
         pack_v: float,
         dt_s: float,
         di_a: FloatArray | float,
-        i_ring: FloatArray,
+        i_ring: FloatArray | float,
     ) -> _Voltages:
         n = v.size
         ns = self.n_strings
@@ -692,11 +700,46 @@ class Monitor:
             np.copyto(self._last_change, k, where=d != 0.0)
             allow = self._allowance_v(dt_s, di_a)
             allow_min = allow if isinstance(allow, float) else float(np.minimum.reduce(allow))
-            d_max = float(np.maximum.reduce(np.abs(d)))
-            oldest = int(np.minimum.reduce(self._last_change))
-            if d_max <= allow_min and k - oldest < self.params.stuck_min_samples:
+            d_max = max(float(np.maximum.reduce(d)), -float(np.minimum.reduce(d)))
+            if d_max <= allow_min and (k % STUCK_SCAN_EVERY or not self._scan_stuck(k, None)):
                 return _Voltages(flags, 0, 0, summary, string_sum, {})
         return self._voltages_full(v, flags, pack_v, dt_s, di_a, i_ring, prev, summary)
+
+    def _scan_stuck(self, k: int, ok: BoolArray | None) -> bool:
+        """Mark readings unchanged since their string's current and mean voltage moved.
+
+        Parameters
+        ----------
+        k : int
+            Index of this sample (its history column is written).
+        ok : numpy.ndarray of bool or None
+            Readings that may be judged (None: all).
+
+        Returns
+        -------
+        bool
+            True if a reading was newly marked stuck.
+        """
+        p = self.params
+        run = k - self._last_change
+        cand = run >= p.stuck_min_samples
+        if ok is not None:
+            cand &= ok & ~self._stuck
+        idx = np.flatnonzero(cand)
+        if idx.size == 0:
+            return False
+        col = k % _HISTORY
+        then = (k - np.minimum(run[idx], _HISTORY - 1)) % _HISTORY
+        s = idx // self.n_series
+        with np.errstate(invalid="ignore"):
+            di = np.abs(self._hist_i[s, col] - self._hist_i[s, then])
+            dm = np.abs(self._hist_mean[s, col] - self._hist_mean[s, then])
+            hit = (di >= self.stuck_current_step_a) & (dm >= p.stuck_mean_step_v)
+        if not hit.any():
+            return False
+        self._stuck[idx[hit]] = True
+        self._stuck_any = True
+        return True
 
     def _voltages_full(
         self,
@@ -705,12 +748,11 @@ class Monitor:
         pack_v: float,
         dt_s: float,
         di_a: FloatArray | float,
-        i_ring: FloatArray,
+        i_ring: FloatArray | float,
         prev: FloatArray | None,
         summary: tuple[float, float, float] | None,
     ) -> _Voltages:
         """Cell-by-cell masks (something is or was wrong)."""
-        p = self.params
         n, ns, nser = v.size, self.n_strings, self.n_series
         k = self._k
         col = k % _HISTORY
@@ -750,17 +792,7 @@ class Monitor:
             changed = ~ok if prev is None else (v != prev) | ~ok
             np.copyto(self._last_change, k, where=changed)
             self._stuck &= ~changed
-            run = k - self._last_change
-            cand = ok & ~self._stuck & (run >= p.stuck_min_samples)
-            if cand.any():
-                idx = np.flatnonzero(cand)
-                back = np.minimum(run[idx], _HISTORY - 1)
-                then = (k - back) % _HISTORY
-                s = idx // nser
-                di = np.abs(self._hist_i[s, col] - self._hist_i[s, then])
-                dm = np.abs(self._hist_mean[s, col] - self._hist_mean[s, then])
-                hit = (di >= self.stuck_current_step_a) & (dm >= p.stuck_mean_step_v)
-                self._stuck[idx[hit]] = True
+            self._scan_stuck(k, ok)
         stuck = self._stuck & ok
         self._stuck_any = bool(self._stuck.any())
         n_stuck = int(np.count_nonzero(stuck))
@@ -807,18 +839,21 @@ class Monitor:
         if n == 0:
             return flags, 0, {}
         if self._ref_t is None and t.dtype == np.float64 and int(np.count_nonzero(flags)) == n:
-            total = float(np.add.reduce(t))
-            if math.isfinite(total):
+            if n <= _SMALL:
+                vals = t.tolist()
+                if math.isfinite(sum(vals)) and self._t_lo <= min(vals) and max(vals) <= self._t_hi:
+                    if prev is None:
+                        return flags, 0, {}
+                    d_max = max(abs(a - b) for a, b in zip(vals, prev.tolist(), strict=True))
+                    if d_max <= allow:
+                        return flags, 0, {}
+            elif math.isfinite(float(np.add.reduce(t))):
                 lo, hi = min_max(t)
                 if lo >= self._t_lo and hi <= self._t_hi:
                     if prev is None:
                         return flags, 0, {}
-                    if n <= _SMALL:
-                        d_max = max(
-                            abs(a - b) for a, b in zip(t.tolist(), prev.tolist(), strict=True)
-                        )
-                    else:
-                        d_max = float(np.maximum.reduce(np.abs(t - prev)))
+                    d = t - prev
+                    d_max = max(float(np.maximum.reduce(d)), -float(np.minimum.reduce(d)))
                     if d_max <= allow:
                         return flags, 0, {}
         flags = np.asarray(flags, dtype=np.bool_)

@@ -13,21 +13,51 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from tqdm import tqdm
 
 from openbess.config import SiteConfig
 from openbess.data import read_household_pv_fit, read_timeseries_csv
-from openbess.data.timeseries import DAY_S, to_unix_s
+from openbess.data.timeseries import DAY_S, WEEK_S, to_unix_s
+from openbess.ems.forecast import (
+    FORECAST_COLUMNS,
+    ClearSkyPv,
+    ClearSkyPvForecaster,
+    Forecaster,
+    HistoryForecastProvider,
+    PerfectForecastProvider,
+    SeasonalNaiveForecaster,
+    SeasonalProfileForecaster,
+    seasonal_naive,
+    skill_score,
+)
+from openbess.ems.mpc import PLAN_FLOW_TOL_W
+from openbess.ems.optimizer import (
+    OptimizerConfig,
+    PlanBattery,
+    PlanInputs,
+    PlanResult,
+    default_degradation_cost,
+    default_terminal_value,
+    optimize,
+    optimizer_config_for,
+    plan_battery,
+    plan_request,
+)
 from openbess.errors import DataError
-from openbess.ems.forecast import FORECAST_COLUMNS
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 INPUT_COLUMNS: tuple[str, ...] = FORECAST_COLUMNS
 
@@ -266,4 +296,541 @@ def _data_line_numbers(path: str) -> list[int]:
     return lines
 
 
-_ = math
+# --------------------------------------------------------------------------------------------
+# The rolling MPC
+# --------------------------------------------------------------------------------------------
+ForecastKind = Literal["perfect", "model"]
+Execution = Literal["follow", "dispatch"]
+
+
+@dataclass(frozen=True)
+class BacktestOptions:
+    """Settings of a backtest.
+
+    Parameters
+    ----------
+    forecast : {"perfect", "model"}
+        Perfect foresight of the inputs, or forecasts from the past
+        (:func:`default_provider`).
+    replan_s : float
+        Time between two plans [s], a whole number of input intervals.
+    horizon_s : float
+        Plan horizon [s] (cut at the end of the series).
+    fine_horizon_s : float
+        First part of the horizon planned at the input resolution [s] (>= ``replan_s``).
+    coarse_step_s : float
+        Step beyond ``fine_horizon_s`` [s], a whole number of input intervals (values are
+        averaged over it; hourly matches hourly day-ahead prices).
+    execution : {"follow", "dispatch"}
+        ``follow``: the battery follows the planned power where its limits allow and the grid
+        absorbs the forecast error. ``dispatch``: the rules of
+        :meth:`openbess.ems.mpc.MpcStrategy.dispatch` applied to interval averages (balance the
+        site where the plan does, soak up PV surplus beyond the planned export, grid limits).
+    history_s : float
+        Leading part of the series used only as history for the forecasts (not scored) [s].
+    perfect_foresight : bool
+        Also solve the single-shot optimum over the scored window (the reference of
+        ``capture_ratio``).
+    perfect_time_limit_s : float
+        Solver time limit of that single-shot problem [s].
+    progress : bool
+        Show a progress bar on stderr.
+    """
+
+    forecast: ForecastKind = "model"
+    replan_s: float = 900.0
+    horizon_s: float = 36.0 * 3600.0
+    fine_horizon_s: float = 4.0 * 3600.0
+    coarse_step_s: float = 3600.0
+    execution: Execution = "follow"
+    history_s: float = 0.0
+    perfect_foresight: bool = True
+    perfect_time_limit_s: float = 900.0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        """Check values; raise ValueError naming the field."""
+        if self.forecast not in ("perfect", "model"):
+            raise ValueError(f"forecast must be 'perfect' or 'model', got {self.forecast!r}")
+        if self.execution not in ("follow", "dispatch"):
+            raise ValueError(f"execution must be 'follow' or 'dispatch', got {self.execution!r}")
+        for name in ("replan_s", "horizon_s", "fine_horizon_s", "coarse_step_s"):
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"BacktestOptions.{name} must be > 0, got {v!r}")
+        if self.fine_horizon_s < self.replan_s:
+            raise ValueError("BacktestOptions.fine_horizon_s must be >= replan_s")
+        if not (math.isfinite(self.history_s) and self.history_s >= 0):
+            raise ValueError(f"BacktestOptions.history_s must be >= 0, got {self.history_s!r}")
+
+
+class OptimizerPlanner:
+    """The planner of the backtest: :func:`openbess.ems.optimizer.optimize` for a site.
+
+    Parameters
+    ----------
+    config : SiteConfig
+        Site configuration (battery, grid limits).
+    options : OptimizerConfig or None
+        Planner settings (default: the site's).
+    """
+
+    def __init__(self, config: SiteConfig, options: OptimizerConfig | None = None) -> None:
+        self.config = config
+        self.options = options if options is not None else optimizer_config_for(config)
+        self.battery0 = plan_battery(config)
+        self.degradation_eur_per_kwh = default_degradation_cost(config, self.options)
+
+    def battery(self, soc: float) -> PlanBattery:
+        """The battery at a SoC [fraction]."""
+        return replace(self.battery0, soc_initial=min(max(soc, 0.0), 1.0))
+
+    def __call__(
+        self, inputs: PlanInputs, soc: float, *, time_limit_s: float | None = None
+    ) -> PlanResult:
+        """Optimal plan from ``soc`` over ``inputs``.
+
+        Parameters
+        ----------
+        inputs : PlanInputs
+            Forecasts per step.
+        soc : float
+            SoC at the start [fraction].
+        time_limit_s : float or None
+            Solver time limit [s] (default: the options').
+
+        Returns
+        -------
+        PlanResult
+            The plan.
+        """
+        battery = self.battery(soc)
+        request = plan_request(
+            self.config,
+            self.options,
+            inputs,
+            battery,
+            degradation_cost_eur_per_kwh=self.degradation_eur_per_kwh,
+        )
+        if time_limit_s is not None:
+            request = replace(request, time_limit_s=time_limit_s)
+        return optimize(inputs, battery, request)
+
+
+def default_provider(config: SiteConfig, actuals: pd.DataFrame) -> HistoryForecastProvider:
+    """The model forecasts of a backtest (chosen on the bundled ``home`` year, see docs).
+
+    - load: mean of every day over the last two weeks at the same local time, anchored to the
+      last hour's measurement (time constant 3 h);
+    - PV: clear-sky PV of the site's plant times a persisted clearness index;
+    - prices: published day-ahead prices (tomorrow's after 13:00 CET), beyond them the mean of
+      the last week at the same hour.
+
+    Parameters
+    ----------
+    config : SiteConfig
+        Site configuration (time zone, PV plant).
+    actuals : pandas.DataFrame
+        The input series (only its past is read at each forecast).
+
+    Returns
+    -------
+    HistoryForecastProvider
+        The provider.
+    """
+    load = SeasonalProfileForecaster(
+        weeks=2, by="day", tz=config.timezone, anchor_tau_s=3.0 * 3600.0, nonnegative=True
+    )
+    pv: Forecaster
+    if config.pv.enabled and config.pv.peak_power_w > 0:
+        pv = ClearSkyPvForecaster(ClearSkyPv(pv_plant_for(config)), tau_s=4.0 * 3600.0)
+    else:
+        pv = SeasonalNaiveForecaster(DAY_S, nonnegative=True)
+    price = SeasonalProfileForecaster(weeks=1, by="day", tz="Europe/Berlin")
+    return HistoryForecastProvider(actuals, load=load, pv=pv, price=price)
+
+
+@dataclass
+class _Limits:
+    capacity_wh: float
+    soc_min: float
+    soc_max: float
+    max_charge_w: float
+    max_discharge_w: float
+    eta_c: float
+    eta_d: float
+    max_import_w: float
+    max_export_w: float
+
+
+def _execute(
+    target_w: float,
+    load_w: float,
+    pv_w: float,
+    export_price: float,
+    soc: float,
+    dt_s: float,
+    lim: _Limits,
+) -> tuple[float, float, float, float]:
+    """Battery power within its limits, grid power, PV curtailed and the new SoC."""
+    dt_h = dt_s / 3600.0
+    p = min(max(target_w, -lim.max_charge_w), lim.max_discharge_w)
+    if p > 0.0:
+        p = min(p, max(soc - lim.soc_min, 0.0) * lim.capacity_wh * lim.eta_d / dt_h)
+        soc_new = soc - p * dt_h / lim.eta_d / lim.capacity_wh
+    else:
+        p = max(p, -max(lim.soc_max - soc, 0.0) * lim.capacity_wh / (lim.eta_c * dt_h))
+        soc_new = soc - p * dt_h * lim.eta_c / lim.capacity_wh
+    grid = load_w - pv_w - p
+    curtailed = 0.0
+    if grid < 0.0:
+        # curtail PV above the export limit, and any PV export at a negative price
+        allowed = 0.0 if export_price < 0.0 else lim.max_export_w
+        if -grid > allowed:
+            curtailed = min(pv_w, -grid - allowed)
+            grid += curtailed
+    return p, grid, curtailed, soc_new
+
+
+def _dispatch_target(
+    plan: PlanResult, j: int, load_w: float, pv_w: float, lim: _Limits, deadband_w: float = 10.0
+) -> float:
+    """The rules of MpcStrategy.dispatch on interval averages (see BacktestOptions)."""
+    net = load_w - pv_w
+    planned_import = float(plan.grid_import_w[j])
+    planned_export = float(plan.grid_export_w[j])
+    if planned_import < PLAN_FLOW_TOL_W and planned_export < PLAN_FLOW_TOL_W:
+        target = net
+    else:
+        target = float(plan.battery_power_w[j])
+    if net - target < -planned_export - deadband_w:
+        target = net + planned_export
+    if net - target > lim.max_import_w:
+        target = net - lim.max_import_w
+    if net - target < -lim.max_export_w:
+        target = net + lim.max_export_w
+    return target
+
+
+@dataclass
+class _ErrorSums:
+    """Running sums of absolute forecast errors (model and seasonal naive) per column."""
+
+    abs_err: FloatArray = field(default_factory=lambda: np.zeros(4))
+    abs_err_naive: FloatArray = field(default_factory=lambda: np.zeros(4))
+    count: FloatArray = field(default_factory=lambda: np.zeros(4))
+    first_err: FloatArray = field(default_factory=lambda: np.zeros(4))
+    first_err_naive: FloatArray = field(default_factory=lambda: np.zeros(4))
+    first_count: FloatArray = field(default_factory=lambda: np.zeros(4))
+
+    def add(self, fc: FloatArray, naive: FloatArray, act: FloatArray) -> None:
+        ok = np.isfinite(fc) & np.isfinite(naive) & np.isfinite(act)
+        e = np.where(ok, np.abs(fc - act), 0.0)
+        en = np.where(ok, np.abs(naive - act), 0.0)
+        self.abs_err += e.sum(axis=1)
+        self.abs_err_naive += en.sum(axis=1)
+        self.count += ok.sum(axis=1)
+        self.first_err += e[:, 0]
+        self.first_err_naive += en[:, 0]
+        self.first_count += ok[:, 0]
+
+    def report(self) -> dict[str, dict[str, float | int]]:
+        out: dict[str, dict[str, float | int]] = {}
+        for i, col in enumerate(FORECAST_COLUMNS):
+            n = int(self.count[i])
+            n1 = int(self.first_count[i])
+            mae = float(self.abs_err[i] / n) if n else math.nan
+            mae_n = float(self.abs_err_naive[i] / n) if n else math.nan
+            mae1 = float(self.first_err[i] / n1) if n1 else math.nan
+            mae1_n = float(self.first_err_naive[i] / n1) if n1 else math.nan
+            out[col] = {
+                "mae": mae,
+                "mae_naive": mae_n,
+                "skill": skill_score(mae, mae_n),
+                "mae_first_step": mae1,
+                "mae_naive_first_step": mae1_n,
+                "skill_first_step": skill_score(mae1, mae1_n),
+                "n": n,
+            }
+        return out
+
+
+@dataclass
+class BacktestResult:
+    """Outcome of :func:`run_backtest`.
+
+    ``frame`` holds one row per scored interval: actual ``load_w``, ``pv_w``, prices, the
+    executed ``battery_power_w`` (AC, positive = discharge), ``grid_power_w`` (positive =
+    import), ``pv_curtailed_w``, ``planned_battery_power_w`` and ``soc`` at the end of the
+    interval. ``summary`` holds the figures printed by ``openbess backtest``.
+    """
+
+    frame: pd.DataFrame
+    summary: dict[str, Any]
+
+
+def _horizon_blocks(n_left: int, horizon: int, fine: int, coarse: int) -> IntArray:
+    """Sizes (in data intervals) of the plan steps: ``fine`` singles, then ``coarse`` blocks."""
+    total = min(horizon, n_left)
+    n_fine = min(fine, total)
+    rest = total - n_fine
+    blocks = [1] * n_fine + [coarse] * (rest // coarse)
+    if rest % coarse:
+        blocks.append(rest % coarse)
+    return np.asarray(blocks, dtype=np.int64)
+
+
+def _costs(grid_w: FloatArray, imp: FloatArray, exp: FloatArray, dt_h: float) -> float:
+    return float(np.sum(np.where(grid_w > 0, grid_w * imp, grid_w * exp)) * dt_h / 1000.0)
+
+
+def _baseline_grid(load: FloatArray, pv: FloatArray, exp: FloatArray, lim: _Limits) -> FloatArray:
+    grid = load - pv
+    allowed = np.where(exp < 0.0, 0.0, lim.max_export_w)
+    out: FloatArray = np.where(grid < -allowed, np.minimum(-allowed, grid + pv), grid)
+    return out
+
+
+def run_backtest(
+    config: SiteConfig,
+    inputs: pd.DataFrame,
+    options: BacktestOptions | None = None,
+    *,
+    planner: OptimizerPlanner | None = None,
+    provider: HistoryForecastProvider | PerfectForecastProvider | None = None,
+) -> BacktestResult:
+    """Rolling MPC over a whole input series (see the module docstring).
+
+    Parameters
+    ----------
+    config : SiteConfig
+        Site configuration (battery, grid limits, initial SoC, time zone, PV plant).
+    inputs : pandas.DataFrame
+        Regular series with the columns :data:`INPUT_COLUMNS` and a UTC index.
+    options : BacktestOptions or None
+        Settings (default :class:`BacktestOptions`).
+    planner : OptimizerPlanner or None
+        The planner (default: the site's optimiser settings).
+    provider : forecast provider or None
+        Overrides the forecasts chosen by ``options.forecast``.
+
+    Returns
+    -------
+    BacktestResult
+        Per-interval record and summary figures.
+
+    Raises
+    ------
+    ValueError
+        If the series is too short or the steps do not fit the input interval.
+    """
+    opts = options if options is not None else BacktestOptions()
+    plan_fn = planner if planner is not None else OptimizerPlanner(config)
+    start_s, dt_s, values = _series(inputs)
+    n_all = values.shape[1]
+    i0 = _whole(opts.history_s, dt_s, "history_s", allow_zero=True)
+    if n_all - i0 < 1:
+        raise ValueError(f"the series ({n_all} intervals) is no longer than history_s")
+    replan = _whole(opts.replan_s, dt_s, "replan_s")
+    fine = max(_whole(opts.fine_horizon_s, dt_s, "fine_horizon_s"), replan)
+    coarse = _whole(opts.coarse_step_s, dt_s, "coarse_step_s")
+    horizon = max(_whole(opts.horizon_s, dt_s, "horizon_s"), replan)
+    prov: HistoryForecastProvider | PerfectForecastProvider
+    if provider is not None:
+        prov = provider
+    elif opts.forecast == "perfect":
+        prov = PerfectForecastProvider(inputs)
+    else:
+        prov = default_provider(config, inputs)
+    b0 = plan_fn.battery0
+    lim = _Limits(
+        capacity_wh=b0.capacity_wh,
+        soc_min=max(b0.soc_min, plan_fn.options.reserve_soc),
+        soc_max=b0.soc_max,
+        max_charge_w=b0.max_charge_power_w,
+        max_discharge_w=b0.max_discharge_power_w,
+        eta_c=b0.charge_efficiency,
+        eta_d=b0.discharge_efficiency,
+        max_import_w=config.grid.max_import_w,
+        max_export_w=config.grid.max_export_w,
+    )
+    load, pv, imp, exp = values
+    n = n_all - i0
+    battery_w = np.zeros(n)
+    planned_w = np.zeros(n)
+    grid_w = np.zeros(n)
+    curtailed_w = np.zeros(n)
+    soc_end = np.zeros(n)
+    soc = float(b0.soc_initial)
+    soc_start = soc
+    solve_times: list[float] = []
+    relaxed = 0
+    forecast_time = 0.0
+    errors = _ErrorSums()
+    is_model = isinstance(prov, HistoryForecastProvider)
+    day, week = round(DAY_S / dt_s), round(WEEK_S / dt_s)
+    wall0 = time.perf_counter()
+    replans = range(i0, n_all, replan)
+    bar = tqdm(
+        replans,
+        total=len(replans),
+        desc=f"backtest ({opts.forecast})",
+        unit="plan",
+        disable=not opts.progress,
+        file=sys.stderr,
+        mininterval=0.5,
+    )
+    for i in bar:
+        now_s = start_s + i * dt_s
+        blocks = _horizon_blocks(n_all - i, horizon, fine, coarse)
+        m = int(blocks.sum())
+        tf = time.perf_counter()
+        fc = prov.forecast_arrays(now_s, m)
+        forecast_time += time.perf_counter() - tf
+        if is_model and isinstance(prov, HistoryForecastProvider):
+            _, kp = prov.known_index(now_s)
+            naive = np.empty_like(fc)
+            naive[0] = seasonal_naive(load[:i], m, week)
+            naive[1] = seasonal_naive(pv[:i], m, day)
+            known = min(kp - i, m)
+            for row in (2, 3):
+                naive[row, :known] = values[row, i : i + known]
+                naive[row, known:] = seasonal_naive(values[row, :kp], m - known, day)
+            errors.add(fc, naive, values[:, i : i + m])
+        starts = np.concatenate([[0], np.cumsum(blocks)[:-1]])
+        agg = np.add.reduceat(fc, starts, axis=1) / blocks[None, :]
+        step_s = blocks.astype(np.float64) * dt_s
+        plan_inputs = PlanInputs(
+            time_s=now_s + starts.astype(np.float64) * dt_s,
+            step_s=step_s,
+            load_w=np.maximum(agg[0], 0.0),
+            pv_w=np.maximum(agg[1], 0.0),
+            import_price_eur_per_kwh=agg[2],
+            export_price_eur_per_kwh=agg[3],
+        )
+        plan = plan_fn(plan_inputs, soc)
+        solve_times.append(plan.solve_time_s)
+        relaxed += len(plan.relaxed)
+        for j in range(min(replan, n_all - i)):
+            k = i + j
+            if opts.execution == "dispatch":
+                target = _dispatch_target(plan, j, float(load[k]), float(pv[k]), lim)
+            else:
+                target = float(plan.battery_power_w[j])
+            p, g, cut, soc = _execute(
+                target, float(load[k]), float(pv[k]), float(exp[k]), soc, dt_s, lim
+            )
+            r = k - i0
+            battery_w[r], grid_w[r], curtailed_w[r], soc_end[r] = p, g, cut, soc
+            planned_w[r] = float(plan.battery_power_w[j])
+    bar.close()
+    wall = time.perf_counter() - wall0
+    sl = slice(i0, n_all)
+    dt_h = dt_s / 3600.0
+    cost = _costs(grid_w, imp[sl], exp[sl], dt_h)
+    base_grid = _baseline_grid(load[sl], pv[sl], exp[sl], lim)
+    baseline = _costs(base_grid, imp[sl], exp[sl], dt_h)
+    cap_kwh = lim.capacity_wh / 1000.0
+    whole = PlanInputs(
+        time_s=start_s + np.arange(i0, n_all, dtype=np.float64) * dt_s,
+        step_s=np.full(n, dt_s),
+        load_w=load[sl],
+        pv_w=pv[sl],
+        import_price_eur_per_kwh=imp[sl],
+        export_price_eur_per_kwh=exp[sl],
+    )
+    value_eur_per_kwh = default_terminal_value(whole, b0)
+    stored_value = value_eur_per_kwh * (float(soc_end[-1]) - soc_start) * cap_kwh
+    savings = baseline - cost
+    charged = float(np.sum(np.maximum(-battery_w, 0.0)) * dt_h / 1000.0)
+    discharged = float(np.sum(np.maximum(battery_w, 0.0)) * dt_h / 1000.0)
+    throughput = charged + discharged
+    summary: dict[str, Any] = {
+        "forecast": opts.forecast,
+        "execution": opts.execution,
+        "start": str(inputs.index[i0]),
+        "days": n * dt_s / DAY_S,
+        "step_s": dt_s,
+        "replan_s": replan * dt_s,
+        "horizon_s": horizon * dt_s,
+        "cost_eur": cost,
+        "baseline_cost_eur": baseline,
+        "savings_eur": savings,
+        "stored_energy_change_kwh": (float(soc_end[-1]) - soc_start) * cap_kwh,
+        "stored_energy_value_eur": stored_value,
+        "stored_energy_value_eur_per_kwh": value_eur_per_kwh,
+        "degradation_cost_eur": throughput * plan_fn.degradation_eur_per_kwh,
+        "equivalent_full_cycles": throughput / (2.0 * cap_kwh),
+        "throughput_kwh": throughput,
+        "charged_kwh": charged,
+        "discharged_kwh": discharged,
+        "pv_curtailed_kwh": float(np.sum(curtailed_w) * dt_h / 1000.0),
+        "import_limit_exceeded_steps": int(np.sum(grid_w > lim.max_import_w + 1e-6)),
+        "soc_initial": soc_start,
+        "soc_final": float(soc_end[-1]),
+        "solves": len(solve_times),
+        "plans_relaxed": relaxed,
+        "solve_time_s": float(np.sum(solve_times)),
+        "solve_time_per_solve_s": float(np.mean(solve_times)),
+        "solve_time_max_s": float(np.max(solve_times)),
+        "forecast_time_s": forecast_time,
+        "wall_time_s": wall,
+    }
+    if is_model:
+        summary["forecast_error"] = errors.report()
+    if opts.perfect_foresight:
+        t_pf = time.perf_counter()
+        best = plan_fn(whole, soc_start, time_limit_s=opts.perfect_time_limit_s)
+        pf_grid = best.grid_import_w - best.grid_export_w
+        pf_cost = _costs(pf_grid, imp[sl], exp[sl], dt_h)
+        pf_value = value_eur_per_kwh * (float(best.soc[-1]) - soc_start) * cap_kwh
+        pf_savings = baseline - pf_cost
+        summary["perfect_foresight_cost_eur"] = pf_cost
+        summary["perfect_foresight_savings_eur"] = pf_savings
+        summary["perfect_foresight_stored_energy_value_eur"] = pf_value
+        summary["perfect_foresight_solve_time_s"] = time.perf_counter() - t_pf
+        denominator = pf_savings + pf_value
+        summary["capture_ratio"] = (
+            (savings + stored_value) / denominator if denominator > 1e-9 else math.nan
+        )
+    index = pd.DatetimeIndex(inputs.index[i0:n_all], name="time")
+    frame = pd.DataFrame(
+        {
+            "load_w": load[sl],
+            "pv_w": pv[sl],
+            "import_price_eur_per_kwh": imp[sl],
+            "export_price_eur_per_kwh": exp[sl],
+            "battery_power_w": battery_w,
+            "planned_battery_power_w": planned_w,
+            "grid_power_w": grid_w,
+            "pv_curtailed_w": curtailed_w,
+            "soc": soc_end,
+        },
+        index=index,
+    )
+    return BacktestResult(frame=frame, summary=summary)
+
+
+def _whole(duration_s: float, dt_s: float, name: str, *, allow_zero: bool = False) -> int:
+    n = duration_s / dt_s
+    if abs(n - round(n)) > 1e-6 or (round(n) < 1 and not allow_zero):
+        raise ValueError(
+            f"{name} ({duration_s:g} s) must be a whole number of input steps ({dt_s:g} s)"
+        )
+    return round(n)
+
+
+def _series(inputs: pd.DataFrame) -> tuple[float, float, FloatArray]:
+    missing = [c for c in INPUT_COLUMNS if c not in inputs.columns]
+    if missing:
+        raise ValueError(f"inputs miss column(s) {missing}")
+    t = to_unix_s(pd.DatetimeIndex(inputs.index))
+    if t.size < 2:
+        raise ValueError("inputs need at least two intervals")
+    steps = np.diff(t)
+    if not np.allclose(steps, steps[0], rtol=0.0, atol=1e-6) or steps[0] <= 0:
+        raise ValueError("inputs must be regularly spaced and increasing")
+    values = inputs[list(INPUT_COLUMNS)].to_numpy(dtype=np.float64).T.copy()
+    if not np.isfinite(values).all():
+        raise ValueError("inputs hold non-finite values")
+    return float(t[0]), float(steps[0]), values

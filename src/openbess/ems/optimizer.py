@@ -716,7 +716,7 @@ def _build(inputs: PlanInputs, battery: PlanBattery, req: PlanRequest) -> _Model
     for cols, sign in ((g, 1.0), (x, -1.0), (d, 1.0), (c, -1.0), (u, -1.0)):
         b.coef(rows_bal, cols, sign)
     slack: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], float]] = {}
-    short = np.flatnonzero(load - pv > g_max + dis_max + 1e-9)
+    short = np.flatnonzero(load - pv > g_max + 1e-9)  # the battery may be empty then
     s_imp: npt.NDArray[np.int64] | None = None
     if short.size:
         pen = req.penalty_import_limit_eur_per_kwh
@@ -860,11 +860,13 @@ def _solve(
     ms = h.getModelStatus()
     name = h.modelStatusToString(ms)
     sol = h.getSolution()
-    if not sol.value_valid:
-        # Cannot happen by construction (idle is feasible); keep the message precise if it does.
-        raise RuntimeError(f"HiGHS found no solution: {name}")
     if ms != highspy.HighsModelStatus.kOptimal:
-        log.warning("HiGHS stopped with status %r; using its best solution", name)
+        feasible = h.getInfo().primal_solution_status == highspy.kSolutionStatusFeasible
+        if not (feasible and sol.value_valid):
+            # Idle is feasible by construction: reaching this is a bug or a time limit hit
+            # before any solution; optimize() then falls back to the LP without binaries.
+            raise RuntimeError(f"HiGHS found no feasible solution: {name}")
+        log.warning("HiGHS stopped with status %r; using its best feasible solution", name)
     return np.asarray(sol.col_value, dtype=np.float64), name
 
 
@@ -925,8 +927,19 @@ def optimize(
     gx_steps = np.flatnonzero(p_imp < p_exp).astype(np.int64)
     model = _build(inputs, battery, req)
     ints = _add_binaries(model, cd_steps, gx_steps)
-    values, status = _solve(model, ints, req)
-    for _ in range(MAX_BINARY_ROUNDS):
+    try:
+        values, status = _solve(model, ints, req)
+    except RuntimeError:
+        if not ints.size:
+            raise
+        # The base columns of a fresh build have the same indices (binaries come last).
+        log.warning("MIP found no solution in %.3g s: using the LP relaxation", req.time_limit_s)
+        values, status = _solve(_build(inputs, battery, req), np.zeros(0, np.int64), req)
+        status = f"{status} (LP relaxation: the MIP found no solution in time)"
+        cd_steps = gx_steps = np.arange(n, dtype=np.int64)  # do not try again
+    equal_price = np.abs(p_imp - p_exp) <= 1e-12
+    for rounds in range(MAX_BINARY_ROUNDS):
+        _net_grid_flows(values, model, equal_price)
         cv, dv = values[model.c], values[model.d]
         gv, xv = values[model.g], values[model.x]
         new_cd = np.setdiff1d(
@@ -937,13 +950,34 @@ def optimize(
         ).astype(np.int64)
         if not new_cd.size and not new_gx.size:
             break
+        # A tie (no cost to burn energy, e.g. with zero degradation cost and worthless
+        # energy) can move to other steps: after the first round, forbid it everywhere.
+        if rounds > 0 and new_cd.size:
+            new_cd = np.setdiff1d(np.arange(n), cd_steps).astype(np.int64)
+        if rounds > 0 and new_gx.size:
+            new_gx = np.setdiff1d(np.arange(n), gx_steps).astype(np.int64)
         log.debug("binaries added at %d + %d steps", new_cd.size, new_gx.size)
         cd_steps = np.union1d(cd_steps, new_cd).astype(np.int64)
         gx_steps = np.union1d(gx_steps, new_gx).astype(np.int64)
         ints = np.concatenate([ints, _add_binaries(model, new_cd, new_gx)])
-        values, status = _solve(model, ints, req)
+        try:
+            values, status = _solve(model, ints, req)
+        except RuntimeError:
+            log.warning("MIP found no solution in time: keeping the previous solution")
+            break
+    _net_grid_flows(values, model, equal_price)
     solve_time = time.perf_counter() - t0
     return _result(inputs, battery, req, model, values, status, int(ints.size), solve_time, n)
+
+
+def _net_grid_flows(values: FloatArray, model: _Model, equal_price: npt.NDArray[np.bool_]) -> None:
+    """Net import against export where both prices are equal (a tie: same cost, same balance)."""
+    if not equal_price.any():
+        return
+    g, x = values[model.g], values[model.x]
+    both = np.minimum(g, x) * equal_price
+    values[model.g] = g - both
+    values[model.x] = x - both
 
 
 def _result(
