@@ -226,9 +226,11 @@ def run(
 
 
 def _register() -> None:
+    from openbess.cli_plan import plan
     from openbess.cli_report import report
 
     main.add_command(report)
+    main.add_command(plan)
 
 
 _register()

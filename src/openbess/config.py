@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from openbess.ems.optimizer import OptimizerConfig
 from openbess.errors import ConfigError
 
 BUILTIN_SITES = ("home", "commercial")
@@ -143,7 +144,7 @@ class BmsConfig(_Model):
 class EmsConfig(_Model):
     """EMS settings."""
 
-    strategy: Literal["self_consumption"] = "self_consumption"
+    strategy: Literal["self_consumption", "mpc"] = "self_consumption"
     reserve_soc: float = Field(0.2, ge=0, le=1)
     dispatch_s: float = Field(1.0, gt=0, le=3600)
     replan_s: float = Field(900.0, gt=0, le=86400)
@@ -187,6 +188,7 @@ class SiteConfig(_Model):
     ems: EmsConfig = EmsConfig()
     simulation: SimulationConfig = SimulationConfig()
     storage: StorageConfig = StorageConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
 
     @field_validator("timezone")
     @classmethod

@@ -28,6 +28,7 @@ from openbess.clock import Clock, ScaledClock, SimClock
 from openbess.config import SiteConfig
 from openbess.contract import Command, GateDecision, Outcome, Telemetry
 from openbess.controller import Controller
+from openbess.errors import ConfigError
 from openbess.ems.strategy import SelfConsumption, Strategy
 from openbess.gate import Gate
 from openbess.plant import Measurements, SiteMeasurements
@@ -138,27 +139,48 @@ def build_bms(config: SiteConfig, twin: SiteTwin) -> BatteryManagementSystem:
     return BatteryManagementSystem(setup)
 
 
-def build_strategy(config: SiteConfig) -> Strategy:
-    """The EMS strategy named in the site file.
+def build_strategy(config: SiteConfig, twin: SiteTwin | None = None) -> Strategy:
+    """The EMS strategy named in the site file (``[ems] strategy``).
 
     Parameters
     ----------
     config : SiteConfig
         Site configuration.
+    twin : SiteTwin or None
+        The plant when simulating: the ``mpc`` strategy then forecasts with the twin's own
+        load, PV and price series (perfect foresight).
 
     Returns
     -------
     Strategy
         The strategy.
+
+    Raises
+    ------
+    ConfigError
+        ``mpc`` without a forecast source.
     """
     b, e = config.battery, config.ems
+    validity_s = max(5.0 * e.dispatch_s, 3.0 * config.simulation.step_s)
+    if e.strategy == "mpc":
+        from openbess.ems.mpc import MpcStrategy, twin_perfect_forecast
+        from openbess.ems.optimizer import optimizer_config_for
+
+        if twin is None:
+            raise ConfigError("ems.strategy = 'mpc' needs a forecast source (the twin)")
+        return MpcStrategy(
+            config,
+            twin_perfect_forecast(twin),
+            optimizer_config_for(config),
+            validity_s=validity_s,
+        )
     return SelfConsumption(
         reserve_soc=e.reserve_soc,
         soc_min=b.soc_min,
         soc_max=b.soc_max,
         max_charge_power_w=b.max_charge_power_w,
         max_discharge_power_w=b.max_discharge_power_w,
-        validity_s=max(5.0 * e.dispatch_s, 3.0 * config.simulation.step_s),
+        validity_s=validity_s,
     )
 
 
@@ -211,7 +233,7 @@ def build_site(
     """
     twin = SiteTwin(config, start_s, series_step_s=min(60.0, step_s))
     bms = build_bms(config, twin)
-    strategy = build_strategy(config)
+    strategy = build_strategy(config, twin)
     timeout = max(config.bms.gate_timeout_s, 2.0 * step_s)
     gate = Gate(timeout_s=timeout)
     store: RunStore | None = None

@@ -29,12 +29,12 @@ Strategies (:attr:`BalancingConfig.strategy`):
     estimate, and chasing that drift bleeds the wrong cells.
 ``"voltage"``: the simple alternative: a cell whose voltage exceeds its string's lowest by
     ``voltage_threshold_v`` bleeds (stops below ``voltage_threshold_v - voltage_hysteresis_v``),
-    and only at or above ``min_voltage_v``. On LFP the OCV is flat between about 15 and 95 %
-    SoC (3.30 V +- 25 mV over most of it): 1 % of SoC is a few mV there, less than the spread of
-    the resistance drops and of the hysteresis, so only near the top of charge (above about
-    3.40 V, where the curve rises by over 4 V per unit SoC) does a voltage difference mean a
-    charge difference. Hence the minimum voltage: voltage balancing of LFP works only when the
-    pack is charged to the top and rests there.
+    and only at or above ``min_voltage_v``. The LFP OCV is flat: in the project's fitted A123
+    curve it rises from 3.24 V at 20 % SoC to 3.35 V at 90 %, 1.6 mV per 1 % of SoC, less than
+    the spread of resistance drops and of the OCV hysteresis (10 to 40 mV), but by 42 mV per
+    1 % between 95 and 100 %. Only near the top of charge does a voltage difference mean a
+    charge difference, hence the minimum voltage (3.40 V, about 96 % SoC): voltage balancing
+    of LFP works only when the pack is charged to the top and rests there.
 
 Gates (every strategy): nothing bleeds while the pack discharges above ``rest_current_a`` (with
 the contactors closed; while charging too if ``allow_charging`` is False), when the hottest cell
@@ -46,9 +46,9 @@ cycle switches the resistors off for a fraction ``1 - duty_cycle`` of the time (
 voltages are measured unloaded then), as a sigma-delta sequence over the BMS cycles (4 cycles
 on, 1 off for 0.8).
 
-Everything is vectorised over the cells, and a standing decision costs no array work:
-:meth:`Balancer.update` takes about 10 us for 16 cells and 15 us for 1,152
-(``benchmarks/balancing.py`` measures it).
+Everything is vectorised over the cells, and a standing decision costs no array work beyond
+the threshold comparison: :meth:`Balancer.update` takes about 7 us for 16 cells and 12 us for
+1,152 (``benchmarks/balancing.py`` measures it; ``docs/balancing.md`` has the figures).
 """
 
 from __future__ import annotations
@@ -393,6 +393,7 @@ class Balancer:
         self._sel_time_s = -math.inf
         self._sel_most = 0
         self._sel_bound = False
+        self._sel_src: BoolArray | None = None
         # SoC strategy: the last reading of the estimates at a settled rest (relative excess
         # and capacities), and once past it, the excess in Ah and the bleed counter then.
         self._ref_rel: FloatArray | None = None
@@ -412,6 +413,8 @@ class Balancer:
             self._start = config.voltage_threshold_v
             self._hyst = config.voltage_hysteresis_v
         self._vmin_start = config.min_voltage_v
+        self._level: FloatArray = np.full(n, self._start)
+        self._vmin_level: FloatArray = np.full(n, self._vmin_start)
 
     # ------------------------------------------------------------------ counters
     def _flush(self) -> None:
@@ -530,7 +533,7 @@ class Balancer:
             if settled:
                 rel = self._relative_excess(cell_soc, cap)
                 self._ref_rel = rel
-                self._ref_cap = cap.copy()
+                self._ref_cap = cap  # copied when the reading is closed
                 self._ref_open = True
             elif self._ref_rel is None:
                 return self._off("settling")
@@ -541,16 +544,14 @@ class Balancer:
                 rel *= -1.0 / 3600.0
                 rel += self._ref_ah
                 rel /= cap
-            level = self.wanted * -self._hyst
-            level += self._start
             # NaN SoC or capacity in a string makes its excess NaN: no bleeding there.
-            want: BoolArray = rel > level
+            want: BoolArray = rel > self._level
             if n_bad:
                 want &= voltage_valid
             excess = rel
         else:
             want, excess = self._want_voltage(v, voltage_valid, n_bad)
-        self._set_wanted(want)
+        want = self._set_wanted(want)
         if self.n_wanted == 0:
             return self._off("balanced")
 
@@ -577,6 +578,7 @@ class Balancer:
                 priority = priority * cap
             chosen, most = select_top(want, priority, k, self._group)
             sel = self._sel = _frozen(chosen)
+            self._sel_src = want
             self._sel_most = most
             self._sel_bound = most >= k and k < self._group
             self._sel_time_s = time_s
@@ -607,15 +609,22 @@ class Balancer:
         ref = self._ref_rel
         if ref is None:  # pragma: no cover - opened only with a reading
             return
+        self._ref_cap = self._ref_cap.copy()
         # The interval just ended bled at the currents decided at that reading.
         self._ref_ah = ref * self._ref_cap - self.bleed_current_a * (dt / 3600.0)
         self._ref_bled_as = self._charge_as.copy()
 
     def _needs_reselect(self, sel: BoolArray, want: BoolArray) -> bool:
         """A selected cell is no longer wanted, or wanted cells wait while there is room."""
+        if want is self._sel_src:  # the wanted set has not changed since it was checked
+            return False
         if self._sel_bound:
-            return int(np.count_nonzero(sel > want)) > 0
-        return int(np.count_nonzero(sel != want)) > 0
+            changed = int(np.count_nonzero(sel > want)) > 0
+        else:
+            changed = int(np.count_nonzero(sel != want)) > 0
+        if not changed:
+            self._sel_src = want
+        return changed
 
     def _off(self, reason: str, keep_selection: bool = False) -> BoolArray:
         if not keep_selection:
@@ -630,9 +639,17 @@ class Balancer:
             self.bleeding = False
         return self.mask
 
-    def _set_wanted(self, want: BoolArray) -> None:
+    def _set_wanted(self, want: BoolArray) -> BoolArray:
+        """Take the new wanted set; return it (the previous array object if it is unchanged,
+        so that what depends on it is not recomputed)."""
+        old = self.wanted
+        if not int(np.count_nonzero(want != old)):
+            return old
         n_before = self.n_wanted
         self.wanted = want
+        # Thresholds: the start level, lowered by the hysteresis for the cells wanted.
+        self._level = np.where(want, self._start - self._hyst, self._start)
+        self._vmin_level = np.where(want, self._vmin_start - self._hyst, self._vmin_start)
         self.n_wanted = n = int(np.count_nonzero(want))
         if n and not n_before:
             self.events.append(
@@ -644,6 +661,7 @@ class Balancer:
                 BalancingEvent(self.time_s, "balancing_finished", "all cells within target")
             )
             log.debug("balancing finished")
+        return want
 
     def _relative_excess(self, z: FloatArray, cap: FloatArray) -> FloatArray:
         """Each cell's excess charge as a fraction of its capacity (NaN where unknown)."""
@@ -683,9 +701,8 @@ class Balancer:
             v2 = vv.reshape(self.n_strings, self.n_series)
             floor = np.minimum.reduce(v2, axis=1, keepdims=True)
             excess = (v.reshape(v2.shape) - floor).reshape(-1)
-        lowered = self.wanted * -self._hyst
-        want: BoolArray = excess > lowered + self._start
-        want &= v >= lowered + self._vmin_start
+        want: BoolArray = excess > self._level
+        want &= v >= self._vmin_level
         if n_bad:
             want &= valid
         return want, excess

@@ -1127,10 +1127,11 @@ def power_limits(
 
         v(t) = OCV(z - eta I t / 3600 Q) + M h(t) - R0 I - sum_k [a_k(t) v_k + (1 - a_k(t)) R_k I]
 
-    The lowest voltage on discharge (highest on charge) is at the start or at the end of the
-    horizon; ``I`` is the largest current that keeps both inside the voltage window, the SoC
-    inside ``[soc_min, soc_max]`` at the end, and within the current limit. It is found by a
-    few Newton steps on the (monotone) end voltage.
+    The voltage is checked at the start and at a quarter, half, three quarters and the end of
+    the horizon (with the RC resistances at the middle SoC of each interval); ``I`` is the
+    largest current that keeps all of them inside the voltage window, the SoC inside
+    ``[soc_min, soc_max]`` at the end, and within the current limit, found by a few Newton
+    steps on the limiting voltage.
 
     Parameters
     ----------
@@ -1179,27 +1180,47 @@ def power_limits(
     vr = np.asarray(v_rc, dtype=np.float64).reshape(p.n_rc, n)
     tab = model.tables(z, temp)
     r0 = tab[2] * r_scale
-    rk = tab[3:] * r_scale
-    decay = np.exp(-horizon_s / model.rc_tau(temp))  # (nrc, N)
     eta_c = model.coulombic_efficiency(temp)
     gamma = p.hysteresis_rate
 
-    def end_voltage(i: FloatArray) -> tuple[FloatArray, FloatArray]:
+    taus = model.rc_tau(temp)  # (nrc, N)
+
+    def voltage_at(i: FloatArray, t_s: float) -> tuple[FloatArray, FloatArray]:
+        """Terminal voltage after ``t_s`` at constant current, and its dv/di [ohm]."""
+        decay = np.exp(-t_s / taus)
         eta = np.where(i < 0, eta_c, 1.0)
-        dz = eta * i * horizon_s / (3600.0 * cap)
+        dz = eta * i * t_s / (3600.0 * cap)
         ze = np.clip(z - dz, 0.0, 1.0)
         te = model.tables(ze, temp)
-        he = -np.sign(i) + (h + np.sign(i)) * np.exp(
-            -np.abs(eta * i) * gamma * horizon_s / (3600.0 * cap)
-        )
+        # RC resistances follow the SoC along the pulse (ecm.step takes each step's start
+        # SoC): v_k(t) weighs the past with exp(-(t - s) / tau_k), so for a resistance linear
+        # in time the exact value is R_k at the SoC of the weighted mean age of the current.
+        x = t_s / taus
+        age_frac = np.where(x > 1e-6, 1.0 / np.maximum(x, 1e-6) - 1.0 / np.expm1(x), 0.5)
+        rk = np.empty_like(taus)
+        for k in range(taus.shape[0]):
+            z_k = np.clip(z - dz * (1.0 - age_frac[k]), 0.0, 1.0)
+            rk[k] = model.tables(z_k, temp)[3 + k] * r_scale
+        he = -np.sign(i) + (h + np.sign(i)) * np.exp(-np.abs(dz) * gamma)
         v = te[0] + te[1] * he - te[2] * r_scale * i
         v -= (decay * vr + (1.0 - decay) * rk * i[None, :]).sum(axis=0)
         # Incremental resistance (OCV slope over the SoC moved, plus the resistances).
-        dz_safe = np.where(np.abs(ze - z) > 1e-9, ze - z, np.nan)
-        slope = np.where(np.isfinite(dz_safe), (te[0] - tab[0]) / dz_safe, 0.0)
+        moved = ze - z
+        safe = np.where(np.abs(moved) > 1e-9, moved, 1.0)
+        slope = np.where(np.abs(moved) > 1e-9, (te[0] - tab[0]) / safe, 0.0)
         r_inc = te[2] * r_scale + ((1.0 - decay) * rk).sum(axis=0)
-        r_inc += np.maximum(slope, 0.0) * eta * horizon_s / (3600.0 * cap)
+        r_inc += np.maximum(slope, 0.0) * eta * t_s / (3600.0 * cap)
         return v, r_inc
+
+    def worst(i: FloatArray, sign: float) -> tuple[FloatArray, FloatArray]:
+        """The limiting voltage over the horizon (checked at four instants) and its dv/di."""
+        v_w, r_w = voltage_at(i, horizon_s)
+        for frac in (0.25, 0.5, 0.75):
+            v, r = voltage_at(i, frac * horizon_s)
+            lower = sign * (v - v_w) < 0
+            v_w = np.where(lower, v, v_w)
+            r_w = np.where(lower, r, r_w)
+        return v_w, r_w
 
     v_start0 = tab[0] + tab[1] * h - vr.sum(axis=0)  # open-circuit part at t = 0+
     out: dict[str, FloatArray] = {}
@@ -1218,25 +1239,26 @@ def power_limits(
             i_soc = np.maximum(soc_max - z, 0.0) * 3600.0 * cap / (horizon_s * eta_c)
         # Start of the horizon: v(0+) = v_start0 - R0 I.
         i_start = np.maximum(sign * (v_start0 - limit_v), 0.0) / np.maximum(r0, 1e-9)
-        # End of the horizon: Newton on v_end(I) = limit.
-        mag = np.minimum(np.minimum(i_start, i_soc), i_cap)
-        mag = np.where(np.isfinite(mag), mag, 0.0)
+        top = np.minimum(np.minimum(i_start, i_soc), i_cap)
+        top = np.where(np.isfinite(top), top, 0.0)
+        # Later instants: Newton on the limiting voltage = limit.
+        mag = top.copy()
         for _ in range(iterations):
-            v_end, r_inc = end_voltage(sign * mag)
-            mag = mag + (sign * (v_end - limit_v)) / np.maximum(r_inc, 1e-9)
-            mag = np.clip(mag, 0.0, np.minimum(np.minimum(i_start, i_soc), i_cap))
-        v_end, r_inc = end_voltage(sign * mag)
-        # Last Newton step may overshoot by rounding: back off to stay inside the window.
-        over = sign * (v_end - limit_v) < 0
-        mag = np.where(over, mag + sign * (v_end - limit_v) / np.maximum(r_inc, 1e-9), mag)
+            v_w, r_w = worst(sign * mag, sign)
+            mag = np.clip(mag + sign * (v_w - limit_v) / np.maximum(r_w, 1e-9), 0.0, top)
+        v_w, r_w = worst(sign * mag, sign)
+        # The last Newton step may leave it a hair outside: back off.
+        over = sign * (v_w - limit_v) < 0
+        mag = np.where(over, mag + sign * (v_w - limit_v) / np.maximum(r_w, 1e-9), mag)
         mag = np.maximum(mag, 0.0)
-        v_end, r_inc = end_voltage(sign * mag)
+        v_w, r_w = worst(sign * mag, sign)
         v_st = v_start0 - r0 * sign * mag
-        v_lim = np.minimum(v_st, v_end) if sign > 0 else np.maximum(v_st, v_end)
+        start_limits = sign * (v_st - v_w) < 0
+        v_lim = np.where(start_limits, v_st, v_w)
         out[f"{direction}_current_a"] = mag
         out[f"{direction}_voltage_v"] = v_lim
         out[f"{direction}_power_w"] = mag * v_lim
-        out[f"{direction}_resistance_ohm"] = np.where(v_st * sign < v_end * sign, r0, r_inc)
+        out[f"{direction}_resistance_ohm"] = np.where(start_limits, r0, r_w)
     return PowerLimits(horizon_s=float(horizon_s), **out)
 
 
@@ -1506,3 +1528,124 @@ class BatteryStateEstimator:
             charge_voltage_v=hi.charge_voltage_v,
             charge_resistance_ohm=hi.charge_resistance_ohm,
         )
+
+
+# -- replaying a log -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Estimates along a log of N cells (arrays ``(n_samples, N)`` unless noted).
+
+    Parameters
+    ----------
+    time_s : numpy.ndarray
+        Sample times [s], shape ``(n_samples,)``.
+    soc, soc_std : numpy.ndarray
+        SoC and its std [fraction].
+    capacity_ah, capacity_std_ah : numpy.ndarray
+        Capacity and its std [Ah].
+    soh : numpy.ndarray
+        Capacity over the parameter set's [fraction].
+    resistance_ohm, resistance_std_ohm : numpy.ndarray
+        Series resistance and its std [ohm].
+    bias_a : numpy.ndarray
+        Current-offset estimate [A].
+    power : dict
+        ``{"discharge_10s_w": ..., "charge_10s_w": ..., ...}`` when requested, else empty.
+    """
+
+    time_s: FloatArray
+    soc: FloatArray
+    soc_std: FloatArray
+    capacity_ah: FloatArray
+    capacity_std_ah: FloatArray
+    soh: FloatArray
+    resistance_ohm: FloatArray
+    resistance_std_ohm: FloatArray
+    bias_a: FloatArray
+    power: dict[str, FloatArray] = field(default_factory=dict)
+
+
+def replay(
+    model: CellModel,
+    time_s: FloatArray,
+    current_a: FloatArray,
+    voltage_v: FloatArray,
+    temperature_degc: FloatArray,
+    *,
+    config: KalmanConfig | None = None,
+    initial_soc: FloatArray | float | None = None,
+    initial_soc_std: float = 0.2,
+    power_horizons_s: tuple[float, ...] = (),
+    adapt: bool = False,
+) -> Replay:
+    """Run :class:`BatteryStateEstimator` along a log.
+
+    The current of sample ``k`` is held over ``(t[k-1], t[k]]`` and the voltage is read at
+    ``t[k]``; the first sample initialises the filter (at ``initial_soc``, or from its
+    voltage).
+
+    Parameters
+    ----------
+    model : CellModel
+        Cell model.
+    time_s : numpy.ndarray
+        Time [s], shape ``(n,)``, non-decreasing.
+    current_a, voltage_v, temperature_degc : numpy.ndarray
+        Current [A] (positive = discharge), voltage [V], temperature [degC] (NaN: 25 degC),
+        shape ``(n, N)``.
+    config : KalmanConfig, optional
+        Filter tuning.
+    initial_soc : numpy.ndarray or float, optional
+        Initial SoC [fraction]; default from the first voltage.
+    initial_soc_std : float
+        Std of ``initial_soc`` [fraction].
+    power_horizons_s : tuple of float
+        Horizons for the state of power per sample (e.g. ``(10, 60)``); empty: none.
+    adapt : bool
+        Feed capacity and resistance estimates back into the filter.
+
+    Returns
+    -------
+    Replay
+        The estimates per sample.
+    """
+    t = np.asarray(time_s, dtype=np.float64)
+    n = t.size
+    i_all = np.asarray(current_a, dtype=np.float64).reshape(n, -1)
+    n_cells = i_all.shape[1]
+    v_all = np.asarray(voltage_v, dtype=np.float64).reshape(n, n_cells)
+    temp_all = np.asarray(temperature_degc, dtype=np.float64).reshape(n, n_cells)
+    est = BatteryStateEstimator(model, n_cells, config, adapt=adapt)
+    names = ("soc", "soc_std", "capacity_ah", "capacity_std_ah", "soh")
+    cols = {k: np.empty((n, n_cells)) for k in names}
+    extra = {k: np.empty((n, n_cells)) for k in ("resistance_ohm", "resistance_std_ohm", "bias_a")}
+    power = {
+        f"{d}_{h:g}s_w": np.empty((n, n_cells))
+        for h in power_horizons_s
+        for d in ("discharge", "charge")
+    }
+    for k in range(n):
+        dt = float(t[k] - t[k - 1]) if k else 0.0
+        res = est.step(
+            dt,
+            i_all[k],
+            v_all[k],
+            temp_all[k],
+            initial_soc=initial_soc,
+            initial_soc_std=initial_soc_std,
+        )
+        cols["soc"][k] = res.soc
+        cols["soc_std"][k] = res.soc_std
+        cols["capacity_ah"][k] = res.capacity_ah
+        cols["capacity_std_ah"][k] = res.capacity_std_ah
+        cols["soh"][k] = res.soh
+        extra["resistance_ohm"][k] = res.resistance_ohm
+        extra["resistance_std_ohm"][k] = res.resistance_std_ohm
+        extra["bias_a"][k] = res.bias_a
+        for h in power_horizons_s:
+            lim = est.power_limits(h, np.where(np.isfinite(temp_all[k]), temp_all[k], 25.0))
+            power[f"discharge_{h:g}s_w"][k] = lim.discharge_power_w
+            power[f"charge_{h:g}s_w"][k] = lim.charge_power_w
+    return Replay(time_s=t, power=power, **cols, **extra)

@@ -2,7 +2,8 @@
 
 Every reading arrives with the hardware's validity flag. The monitor adds what a flag cannot
 know, and marks the reading invalid (excluded from the extremes, the estimation and the limits)
-with one *cause*, counted per sample and in total:
+with one *cause*, counted per sample (:attr:`MonitorResult.causes`) and in total
+(:attr:`Monitor.counts`):
 
 cell voltages
     ``flagged`` (hardware flag), ``not_finite``, ``open_wire`` (below ``open_wire_v``: no live
@@ -17,49 +18,58 @@ string currents
     ``flagged``, ``not_finite``, ``range``, ``mismatch`` (one string disagrees with the mean of
     the others, for ``current_samples`` samples), ``zero`` (current reads through a contactor
     the BMS commanded open and whose auxiliary contact reports open, for ``current_samples``
-    samples: an offset; it stays implausible until the sensor reads zero again there).
+    samples: an offset; it stays implausible until the sensor reads zero there again).
 
 A jump is rejected only while the reading stays inside the operating window (the MOL limits of
 the protection): a reading beyond a protection limit always reaches the fault table, so the
-monitor can delay a trip by at most the protection's own debounce, never hide one. The ranges are
-physical bounds, never protection limits.
+monitor never hides an over-voltage, an under-voltage or an over-temperature. The ranges are
+physical bounds, never protection limits. A rejected reading's allowance grows with the time
+since its last accepted one, so a level reached slowly enough is accepted again.
 
 The pack voltage is compared with the sum of each string's cells: the fault table watches the
 string farthest from it (:attr:`MonitorResult.string_voltage_sum_v`).
 
-Cost: a clean sample (every flag set, every reading finite, in range, no jump, no reading
-unchanged long enough to be suspect) costs a handful of numpy reductions; the cell-by-cell masks
-are only built when something is wrong. Nothing is computed per cell in Python.
+Cost: a clean sample (every flag set, every reading finite and in range, no jump) costs one
+compiled pass over the cells (numba; numpy without it) and a few scalar operations; the
+cell-by-cell masks are only built when something is wrong, and the stuck-value scan runs every
+:data:`STUCK_SCAN_EVERY` samples. Nothing is computed per cell in Python.
 
 Not covered: a current-sensor *offset* on a single string with the contactor closed is not
-observable from the measurements alone (the cell voltages answer to changes of the current, and
-an offset does not change); it shows as a phantom current (over-current tiers) and is identified
-by the zero-current check once the contactor is open. A welded contactor whose auxiliary contact
-also reports open would be taken for a current-sensor offset; the twin's auxiliary contact
-mirrors the main contacts.
+observable from the measurements alone (the cell voltages answer to changes of the current,
+and an offset does not change); it shows as a phantom current (over-current tiers) and is
+identified by the zero-current check once the contactor is open. A welded contactor whose
+auxiliary contact also reports open would be taken for a current-sensor offset (the twin's
+auxiliary contact mirrors the main contacts). A cell reading frozen while its string rests is
+not detected (it is then still right); neither is a string whose every cell freezes at once
+(its mean does not move).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from openbess.bms.defaults import BmsParams, MonitorParams, Tiers
+from openbess.cell.ecm import NUMBA_AVAILABLE, jit
 from openbess.cell.params import CellParams
 from openbess.plant import Measurements
 
 __all__ = [
+    "STUCK_SCAN_EVERY",
     "Monitor",
     "MonitorResult",
+    "extremes_and_jump",
     "jumps",
     "min_max",
     "outside",
+    "scan_stuck",
     "string_current_outliers",
+    "track_cells",
     "worst_string_sum",
 ]
 
@@ -72,11 +82,19 @@ _SMALL = 32
 #: Samples of string current and mean voltage kept for the stuck-value check.
 _HISTORY = 256
 #: On clean samples the stuck-value scan runs every this many samples (it costs a few
-#: gathers); a stuck reading is found at most this many samples later.
+#: gathers); a stuck reading is found at most this many samples later than it could be.
 STUCK_SCAN_EVERY = 4
 _NO_CAUSES: Mapping[str, int] = MappingProxyType({})
-_FALSE1: BoolArray = np.zeros(1, dtype=np.bool_)
-_FALSE1.flags.writeable = False
+_NO_CAUSE_DICT: dict[str, int] = {}  # never written: shared by clean samples
+
+
+def _readonly_false(n: int) -> BoolArray:
+    out = np.zeros(n, dtype=np.bool_)
+    out.flags.writeable = False
+    return out
+
+
+_FALSE1 = _readonly_false(1)
 
 
 def min_max(a: FloatArray) -> tuple[float, float]:
@@ -96,6 +114,183 @@ def min_max(a: FloatArray) -> tuple[float, float]:
         values = a.tolist()
         return min(values), max(values)
     return float(np.minimum.reduce(a)), float(np.maximum.reduce(a))
+
+
+@jit
+def _track_cells_kernel(
+    v: FloatArray,
+    prev: FloatArray,
+    last_change: IntArray,
+    k: int,
+    hist_mean: FloatArray,
+    pack_voltage_v: float,
+) -> tuple[float, float, float, int, float]:
+    """One pass over a sample: extremes, largest change, change stamps, string means.
+
+    Sets ``last_change[j] = k`` where the reading differs from ``prev`` and writes each
+    string's mean into ``hist_mean[:, k % history]``. Returns ``(min, max, max |v - prev|,
+    oldest stamp, sum of the string farthest from pack_voltage_v)``.
+    """
+    n_strings = hist_mean.shape[0]
+    col = k % hist_mean.shape[1]
+    n_series = v.shape[0] // n_strings
+    lo = v[0]
+    hi = v[0]
+    d_max = 0.0
+    oldest = k
+    worst = math.nan
+    gap = -1.0
+    j = 0
+    for s in range(n_strings):
+        acc = 0.0
+        for _ in range(n_series):
+            x = v[j]
+            if x < lo:
+                lo = x
+            if x > hi:
+                hi = x
+            d = x - prev[j]
+            if d != 0.0:
+                last_change[j] = k
+                if d < 0.0:
+                    d = -d
+                if d > d_max or d != d:  # NaN sticks: never judged clean
+                    d_max = d
+            elif last_change[j] < oldest:
+                oldest = last_change[j]
+            acc += x
+            j += 1
+        hist_mean[s, col] = acc / n_series
+        g = abs(acc - pack_voltage_v)
+        if g > gap:
+            gap = g
+            worst = acc
+    return lo, hi, d_max, oldest, worst
+
+
+def _track_cells_numpy(
+    v: FloatArray,
+    prev: FloatArray,
+    last_change: IntArray,
+    k: int,
+    hist_mean: FloatArray,
+    pack_voltage_v: float,
+) -> tuple[float, float, float, int, float]:
+    """:func:`_track_cells_kernel` with numpy (used without numba); the same results up to
+    the rounding of the sums."""
+    d = v - prev
+    np.copyto(last_change, k, where=d != 0.0)
+    n_strings = hist_mean.shape[0]
+    sums = np.add.reduce(v.reshape(n_strings, -1), axis=1)
+    hist_mean[:, k % hist_mean.shape[1]] = sums / (v.size // n_strings)
+    gap = np.abs(sums - pack_voltage_v)
+    worst = float(sums[int(np.argmax(gap))]) if pack_voltage_v == pack_voltage_v else math.nan
+    d_max = float(np.max(np.abs(d)))
+    return float(np.min(v)), float(np.max(v)), d_max, int(np.min(last_change)), worst
+
+
+#: The per-sample pass over the cells (compiled when numba is installed):
+#: ``track_cells(v, prev, last_change, k, hist_mean, pack_voltage_v)
+#: -> (min, max, max |dv|, oldest change stamp, sum of the string farthest from the pack)``.
+track_cells = _track_cells_kernel if NUMBA_AVAILABLE else _track_cells_numpy
+
+
+@jit
+def _scan_stuck_kernel(
+    last_change: IntArray,
+    k: int,
+    min_samples: int,
+    hist_i: FloatArray,
+    hist_mean: FloatArray,
+    step_a: float,
+    step_v: float,
+    ok: BoolArray,
+    stuck: BoolArray,
+) -> bool:
+    """Mark ``stuck`` the usable readings unchanged for >= ``min_samples`` samples while
+    their string's current moved by >= ``step_a`` and its mean voltage by >= ``step_v``
+    (both compared with the sample of their last change). True if one was newly marked."""
+    n_strings, history = hist_i.shape
+    n_series = last_change.shape[0] // n_strings
+    col = k % history
+    found = False
+    for j in range(last_change.shape[0]):
+        run = k - last_change[j]
+        if run < min_samples or stuck[j] or not ok[j]:
+            continue
+        if run > history - 1:
+            run = history - 1
+        then = (k - run) % history
+        s = j // n_series
+        di = abs(hist_i[s, col] - hist_i[s, then])
+        dm = abs(hist_mean[s, col] - hist_mean[s, then])
+        if di >= step_a and dm >= step_v:  # False for NaN
+            stuck[j] = True
+            found = True
+    return found
+
+
+def _scan_stuck_numpy(
+    last_change: IntArray,
+    k: int,
+    min_samples: int,
+    hist_i: FloatArray,
+    hist_mean: FloatArray,
+    step_a: float,
+    step_v: float,
+    ok: BoolArray,
+    stuck: BoolArray,
+) -> bool:
+    """:func:`_scan_stuck_kernel` with numpy; the same results."""
+    n_strings, history = hist_i.shape
+    run = k - last_change
+    idx = np.flatnonzero((run >= min_samples) & ok & ~stuck)
+    if idx.size == 0:
+        return False
+    col = k % history
+    then = (k - np.minimum(run[idx], history - 1)) % history
+    s = idx // (last_change.size // n_strings)
+    with np.errstate(invalid="ignore"):
+        di = np.abs(hist_i[s, col] - hist_i[s, then])
+        dm = np.abs(hist_mean[s, col] - hist_mean[s, then])
+        hit = (di >= step_a) & (dm >= step_v)
+    stuck[idx[hit]] = True
+    return bool(hit.any())
+
+
+#: The stuck-value scan (compiled when numba is installed), see :func:`_scan_stuck_kernel`.
+scan_stuck = _scan_stuck_kernel if NUMBA_AVAILABLE else _scan_stuck_numpy
+
+
+@jit
+def _extremes_and_jump_kernel(t: FloatArray, prev: FloatArray) -> tuple[float, float, float]:
+    """Smallest and largest value of ``t`` and the largest ``|t - prev|`` (all NaN: a NaN)."""
+    lo = t[0]
+    hi = t[0]
+    d_max = 0.0
+    for j in range(t.shape[0]):
+        x = t[j]
+        if x != x:
+            return math.nan, math.nan, math.nan
+        if x < lo:
+            lo = x
+        if x > hi:
+            hi = x
+        d = abs(x - prev[j])
+        if d > d_max or d != d:
+            d_max = d
+    return lo, hi, d_max
+
+
+def _extremes_and_jump_numpy(t: FloatArray, prev: FloatArray) -> tuple[float, float, float]:
+    """:func:`_extremes_and_jump_kernel` with numpy; the same results."""
+    if bool(np.isnan(t).any()):
+        return math.nan, math.nan, math.nan
+    return float(np.min(t)), float(np.max(t)), float(np.max(np.abs(t - prev)))
+
+
+#: ``extremes_and_jump(t, prev) -> (min, max, max |t - prev|)`` (compiled with numba).
+extremes_and_jump = _extremes_and_jump_kernel if NUMBA_AVAILABLE else _extremes_and_jump_numpy
 
 
 def outside(values: FloatArray, lo: float, hi: float) -> BoolArray:
@@ -133,7 +328,7 @@ def jumps(
     reference : numpy.ndarray
         Last accepted reading of each (NaN: none yet, never a jump).
     allowance : numpy.ndarray or float
-        Largest plausible change, same unit (>= 0; inf disables the check).
+        Largest plausible change, same unit (>= 0; inf or NaN disables the check).
     keep_lo, keep_hi : float
         Readings outside this window are never called jumps (they are the fault table's).
 
@@ -213,17 +408,16 @@ def worst_string_sum(
     """
     if not math.isfinite(pack_voltage_v):
         return math.nan
-    per = cell_voltage_v.reshape(n_strings, -1)
-    complete = np.logical_and.reduce(valid.reshape(n_strings, -1), axis=1)
+    ok = valid.reshape(n_strings, -1)
+    complete = np.logical_and.reduce(ok, axis=1)
     if not np.any(complete):
         return math.nan
-    sums = np.add.reduce(np.where(valid.reshape(n_strings, -1), per, 0.0), axis=1)
+    sums = np.add.reduce(np.where(ok, cell_voltage_v.reshape(n_strings, -1), 0.0), axis=1)
     gap = np.where(complete, np.abs(sums - pack_voltage_v), -1.0)
     return float(sums[int(np.argmax(gap))])
 
 
-@dataclass(frozen=True, slots=True)
-class MonitorResult:
+class MonitorResult(NamedTuple):
     """The monitor's verdict on one sample.
 
     Parameters
@@ -238,7 +432,8 @@ class MonitorResult:
         Sum, lowest and highest cell voltage [V] when every reading is used (exactly
         ``numpy.add.reduce`` and :func:`min_max`); NaN otherwise.
     string_voltage_sum_v : float
-        Sum of the complete string farthest from the pack voltage [V] (NaN if none).
+        Sum of the complete string farthest from the pack voltage [V] (one string: the sum of
+        all cells); NaN if none.
     temperature_valid : numpy.ndarray of bool
         Temperature readings to use.
     n_invalid_temperature : int
@@ -278,16 +473,13 @@ def _window(*tiers: Tiers, low: bool) -> float:
     return max(edges) if low else min(edges)
 
 
-@dataclass
-class _Voltages:
-    """Verdict on the cell voltages of one sample (internal)."""
-
-    valid: BoolArray
-    n_invalid: int
-    n_stuck: int
-    summary: tuple[float, float, float] | None
-    string_sum_v: float
-    causes: dict[str, int]
+#: Internal verdict on the voltages: valid, n_invalid, n_stuck, summary, string sum, causes.
+_Voltages = tuple[BoolArray, int, int, tuple[float, float, float] | None, float, dict[str, int]]
+#: Internal verdict on the currents: valid, current_valid, implausible, trusted, causes,
+#: ``|dI|`` per string (float for one string, list otherwise; inf when unknown), history value.
+_Currents = tuple[
+    BoolArray, bool, bool, bool, dict[str, int], float | list[float], float | list[float]
+]
 
 
 class Monitor:
@@ -354,32 +546,39 @@ class Monitor:
         self._i_range = p.current_range_c * string_ah
         self._i_mismatch = p.current_mismatch_c * string_ah
         self._i_zero = p.zero_current_c * capacity_ah
-        #: Samples excluded so far, by cause (see the module docstring).
+        #: Readings excluded so far, by cause (see the module docstring), summed over samples.
         self.counts: dict[str, int] = {}
-        # History.
         self._k = -1  # index of the last new sample
         self._last_time_s: float | None = None
+        # Voltages.
         self._prev_v: FloatArray | None = None
-        self._ref_v: FloatArray | None = None  # last accepted voltages when some were rejected
-        self._extra_v: FloatArray | None = None
+        self._ref_v: FloatArray | None = None  # last accepted readings while some are rejected
+        self._extra_v: FloatArray | None = None  # their grown allowance [V]
         self._last_change: IntArray = np.zeros(n, dtype=np.int64)
         self._stuck: BoolArray = np.zeros(n, dtype=np.bool_)
         self._stuck_any = False
         self._hist_i: FloatArray = np.full((n_strings, _HISTORY), np.nan)
         self._hist_mean: FloatArray = np.full((n_strings, _HISTORY), np.nan)
+        self._hist_i0 = self._hist_i[0]  # one string: a 1-d view (cheaper to write)
+        self._all_ok: BoolArray = np.ones(n, dtype=np.bool_)
+        # Temperatures.
         self._prev_t: FloatArray | None = None
         self._ref_t: FloatArray | None = None
         self._extra_t: FloatArray | None = None
-        self._prev_i: FloatArray | None = None
-        self._prev_x = math.nan  # one string: its last usable current [A]
+        # Currents.
+        self._prev_x = math.nan  # one string: last usable current [A]
+        self._prev_vals: list[float] | None = None  # several: last currents (inf: unusable)
         self._fail_i: IntArray = np.zeros(n_strings, dtype=np.int64)
         self._pass_i: IntArray = np.zeros(n_strings, dtype=np.int64)
         self._mismatch: BoolArray = np.zeros(n_strings, dtype=np.bool_)
+        self._mismatch_state = False  # a string failed the comparison lately
         self._zero_fail = 0
         self._zero_pass = 0
         self._zero_fault = False
+        # Flag arrays known to be all True (read-only arrays shared between samples).
+        self._all_true: tuple[object, object] = (None, None)
         self._last: MonitorResult | None = None
-        self._last_arrays: tuple[object, object, object] | None = None
+        self._last_arrays: tuple[object, object, object] = (None, None, None)
 
     @classmethod
     def for_pack(
@@ -424,6 +623,18 @@ class Monitor:
         )
 
     # ------------------------------------------------------------------ the check
+    def _flags_all_true(self, flags: BoolArray, which: int) -> bool:
+        """True when every flag is set (cached for a read-only array seen all True)."""
+        if flags is self._all_true[which]:
+            return True
+        if int(np.count_nonzero(flags)) != flags.size:
+            return False
+        if not flags.flags.writeable:
+            cache = list(self._all_true)
+            cache[which] = flags
+            self._all_true = (cache[0], cache[1])
+        return True
+
     def check(self, time_s: float, m: Measurements, expect_zero_current: bool) -> MonitorResult:
         """Judge one sample.
 
@@ -449,71 +660,64 @@ class Monitor:
             configuration error, not a reading).
         """
         v, t, i = m.cell_voltage_v, m.cell_temperature_degc, m.string_current_a
+        last = self._last
+        held = self._last_arrays
+        if (
+            v is held[0]
+            and t is held[1]
+            and i is held[2]
+            and last is not None
+            and not (v.flags.writeable or t.flags.writeable or i.flags.writeable)
+        ):
+            # A held sample (the same read-only arrays again): no new information.
+            i_ok, valid, implausible, trusted, i_causes, _, _ = self._currents(
+                i, m.string_current_valid, expect_zero_current, new=False
+            )
+            result = last._replace(
+                string_current_valid=i_ok,
+                current_valid=valid,
+                current_implausible=implausible,
+                current_trusted=trusted,
+                causes=MappingProxyType(i_causes) if i_causes else _NO_CAUSES,
+            )
+            self._last = result
+            return result
         if v.shape != self._last_change.shape:
             raise ValueError(
                 f"Measurements.cell_voltage_v has shape {v.shape}, the monitored pack "
                 f"{self._last_change.shape} ({self.n_strings} strings x {self.n_series} cells)"
             )
-        last = self._last
-        held = self._last_arrays
-        # A held sample (the same read-only arrays again) carries no new information.
-        if (
-            last is not None
-            and held is not None
-            and v is held[0]
-            and t is held[1]
-            and i is held[2]
-            and not (v.flags.writeable or t.flags.writeable or i.flags.writeable)
-        ):
-            i_ok, current_valid, implausible, trusted, i_causes, _, _ = self._currents(
-                i, m.string_current_valid, expect_zero_current, new=False
-            )
-            result = MonitorResult(
-                last.cell_voltage_valid,
-                last.n_invalid_voltage,
-                last.n_stuck_voltage,
-                last.voltage_sum_v,
-                last.voltage_min_v,
-                last.voltage_max_v,
-                last.string_voltage_sum_v,
-                last.temperature_valid,
-                last.n_invalid_temperature,
-                i_ok,
-                current_valid,
-                implausible,
-                trusted,
-                MappingProxyType(i_causes) if i_causes else _NO_CAUSES,
-            )
-            self._last = result
-            return result
         self._k += 1
         dt_s = 0.0 if self._last_time_s is None else max(time_s - self._last_time_s, 0.0)
         self._last_time_s = time_s
-        i_ok, current_valid, implausible, trusted, i_causes, di_a, i_ring = self._currents(
+        i_ok, valid, implausible, trusted, i_causes, di_a, i_hist = self._currents(
             i, m.string_current_valid, expect_zero_current, new=True
         )
-        volts = self._voltages(v, m.cell_voltage_valid, m.pack_voltage_v, dt_s, di_a, i_ring)
-        t_valid, n_bad_t, t_causes = self._temperatures(t, m.cell_temperature_valid, dt_s)
+        v_ok, n_inv, n_stuck, summary, string_sum, v_causes = self._voltages(
+            v, m.cell_voltage_valid, m.pack_voltage_v, dt_s, di_a, i_hist
+        )
+        t_ok, n_bad_t, t_causes = self._temperatures(t, m.cell_temperature_valid, dt_s)
         causes = _NO_CAUSES
-        if volts.causes or t_causes or i_causes:
-            merged = {**volts.causes, **t_causes, **i_causes}
+        if v_causes or t_causes or i_causes:
+            merged = {**v_causes, **t_causes, **i_causes}
+            counts = self.counts
             for key, count in merged.items():
-                self.counts[key] = self.counts.get(key, 0) + count
+                counts[key] = counts.get(key, 0) + count
             causes = MappingProxyType(merged)
-        nan = math.nan
-        total, lo, hi = volts.summary if volts.summary is not None else (nan, nan, nan)
+        if summary is None:
+            summary = (math.nan, math.nan, math.nan)
         result = MonitorResult(
-            volts.valid,
-            volts.n_invalid,
-            volts.n_stuck,
-            total,
-            lo,
-            hi,
-            volts.string_sum_v,
-            t_valid,
+            v_ok,
+            n_inv,
+            n_stuck,
+            summary[0],
+            summary[1],
+            summary[2],
+            string_sum,
+            t_ok,
             n_bad_t,
             i_ok,
-            current_valid,
+            valid,
             implausible,
             trusted,
             causes,
@@ -541,43 +745,42 @@ class Monitor:
             if self._zero_pass >= n:
                 self._zero_fault = False
 
-    def _currents(
-        self, i: FloatArray, flags: BoolArray, expect_zero: bool, new: bool
-    ) -> tuple[BoolArray, bool, bool, bool, dict[str, int], FloatArray | float, FloatArray | float]:
-        """Current verdict: mask, valid, implausible, trusted, causes, ``|dI|`` per string
-        (inf when unknown) and the currents for the history (NaN where unusable)."""
+    def _currents(self, i: FloatArray, flags: BoolArray, expect_zero: bool, new: bool) -> _Currents:
+        """Current verdict (see :data:`_Currents`)."""
         causes: dict[str, int] = {}
-        if self.n_strings == 1 and i.size == 1 and flags.size == 1:
-            x = float(i[0])
-            flag = bool(flags[0])
-            hw_ok = flag and abs(x) <= self._i_range  # False for NaN
-            if not hw_ok:
-                cause = (
-                    "current_flagged"
-                    if not flag
-                    else ("current_not_finite" if not math.isfinite(x) else "current_range")
-                )
-                causes[cause] = 1
-            violated = expect_zero and hw_ok and abs(x) > self._i_zero
-            if new:
-                self._zero_update(expect_zero and hw_ok, violated)
-            implausible = hw_ok and self._zero_fault
-            if implausible:
-                causes["current_zero"] = 1
-            usable = hw_ok and not implausible
-            prev_x = self._prev_x
-            di: FloatArray | float = math.inf
-            if new:
-                if usable:
-                    di = abs(x - prev_x)  # inf - ... or NaN: no allowance limit
-                    if di != di:
-                        di = math.inf
-                self._prev_x = x if usable else math.nan
-            ring = x if usable else math.nan
-            mask = flags if usable else _FALSE1
-            trusted = usable and not violated
-            return mask, hw_ok, implausible, trusted, causes, di, ring
-        return self._currents_strings(i, flags, expect_zero, new, causes)
+        if self.n_strings != 1 or i.size != 1 or flags.size != 1:
+            return self._currents_strings(i, flags, expect_zero, new, causes)
+        x = float(i[0])
+        flag = bool(flags[0])
+        hw_ok = flag and abs(x) <= self._i_range  # False for NaN
+        if not hw_ok:
+            if not flag:
+                causes["current_flagged"] = 1
+            else:
+                causes["current_not_finite" if not math.isfinite(x) else "current_range"] = 1
+        violated = expect_zero and hw_ok and abs(x) > self._i_zero
+        if new:
+            self._zero_update(expect_zero and hw_ok, violated)
+        implausible = hw_ok and self._zero_fault
+        if implausible:
+            causes["current_zero"] = 1
+        usable = hw_ok and not implausible
+        di = math.inf
+        if new:
+            if usable:
+                di = abs(x - self._prev_x)
+                if di != di:  # no previous usable current
+                    di = math.inf
+            self._prev_x = x if usable else math.nan
+        return (
+            flags if usable else _FALSE1,
+            hw_ok,
+            implausible,
+            usable and not violated,
+            causes,
+            di,
+            x if usable else math.nan,
+        )
 
     def _currents_strings(
         self,
@@ -586,14 +789,37 @@ class Monitor:
         expect_zero: bool,
         new: bool,
         causes: dict[str, int],
-    ) -> tuple[BoolArray, bool, bool, bool, dict[str, int], FloatArray | float, FloatArray | float]:
-        """:meth:`_currents` for several strings (vectorised)."""
+    ) -> _Currents:
+        """:meth:`_currents` for several strings (Python floats while all is well)."""
         p = self.params
+        ns = i.size
+        vals = i.tolist()
+        prev_vals = self._prev_vals
+        total = sum(vals)
+        if (
+            total - total == 0.0  # every value finite
+            and not self._mismatch_state
+            and not self._zero_fault
+            and int(np.count_nonzero(flags)) == ns
+            and -self._i_range <= min(vals)
+            and max(vals) <= self._i_range
+            and max(vals) - min(vals) <= self._i_mismatch
+        ):
+            # Every string valid and within the absolute tolerance of every other.
+            violated = expect_zero and abs(total) > self._i_zero
+            di: float | list[float] = math.inf
+            if new:
+                self._zero_update(expect_zero, violated)
+                if prev_vals is not None and len(prev_vals) == ns:
+                    di = [abs(a - b) for a, b in zip(vals, prev_vals, strict=True)]
+                self._prev_vals = vals
+            if not self._zero_fault:
+                return flags, True, False, not violated, causes, di, vals
         with np.errstate(invalid="ignore"):
             finite = np.isfinite(i)
             hw = flags & finite & (np.abs(i) <= self._i_range)
         n_hw = int(np.count_nonzero(hw))
-        current_valid = n_hw == hw.size
+        current_valid = n_hw == ns
         if not current_valid:
             for name, mask in (
                 ("current_flagged", ~flags),
@@ -604,24 +830,16 @@ class Monitor:
                 if c:
                     causes[name] = c
         if new:
-            values = i.tolist() if current_valid else []
-            if current_valid and max(values) - min(values) <= self._i_mismatch:
-                # No string is further than the absolute tolerance from the others' mean.
-                outliers = np.zeros(hw.size, dtype=np.bool_)
-            else:
-                outliers = string_current_outliers(
-                    i, hw, self._i_mismatch, p.current_mismatch_fraction
-                )
-            if outliers.any() or self._fail_i.any() or self._mismatch.any():
-                self._fail_i = np.where(outliers, self._fail_i + 1, 0)
-                self._pass_i = np.where(outliers, 0, self._pass_i + 1)
-                self._mismatch = (self._mismatch | (self._fail_i >= p.current_samples)) & ~(
-                    self._pass_i >= p.current_samples
-                )
+            outliers = string_current_outliers(i, hw, self._i_mismatch, p.current_mismatch_fraction)
+            self._fail_i = np.where(outliers, self._fail_i + 1, 0)
+            self._pass_i = np.where(outliers, 0, self._pass_i + 1)
+            self._mismatch = (self._mismatch | (self._fail_i >= p.current_samples)) & ~(
+                self._pass_i >= p.current_samples
+            )
+            self._mismatch_state = bool(self._fail_i.any() or self._mismatch.any())
         mismatch = self._mismatch & hw
-        total = float(np.add.reduce(i)) if current_valid else math.nan
         checked = expect_zero and current_valid
-        violated = checked and abs(total) > self._i_zero
+        violated = checked and abs(float(np.add.reduce(i))) > self._i_zero
         if new:
             self._zero_update(checked, violated)
         zero = self._zero_fault and current_valid
@@ -632,27 +850,31 @@ class Monitor:
             causes["current_zero"] = n_hw
         implausible = bool(n_mismatch) or zero
         if zero:
-            ok = np.zeros(hw.size, dtype=np.bool_)
+            ok = _readonly_false(ns)
         elif implausible or not current_valid:
             ok = hw & ~mismatch
         else:
             ok = flags
         trusted = current_valid and not implausible and not violated
-        ring = np.where(ok, i, math.nan)
-        di: FloatArray | float = math.inf
+        hist = np.where(ok, i, math.nan).tolist()
+        di = math.inf
         if new:
-            prev = self._prev_i
-            if prev is not None and prev.shape == i.shape:
-                with np.errstate(invalid="ignore"):
-                    di = np.where(np.isfinite(prev) & ok, np.abs(i - prev), math.inf)
-            self._prev_i = ring
-        return ok, current_valid, implausible, trusted, causes, di, ring
+            # Unusable strings are remembered as inf: their |dI| is then inf (no limit).
+            now = [x if good else math.inf for x, good in zip(vals, ok.tolist(), strict=True)]
+            if prev_vals is not None and len(prev_vals) == ns:
+                diffs = [abs(a - b) for a, b in zip(now, prev_vals, strict=True)]
+                di = [d if d == d else math.inf for d in diffs]
+            self._prev_vals = now
+        return ok, current_valid, implausible, trusted, causes, di, hist
 
     # ------------------------------------------------------------------ voltages
-    def _allowance_v(self, dt_s: float, di_a: FloatArray | float) -> FloatArray | float:
+    def _allowance_v(self, dt_s: float, di_a: float | list[float]) -> FloatArray | float:
         """Largest plausible change of a cell voltage per string since the last sample [V]."""
         base = self.params.cell_voltage_jump_v + self.params.cell_voltage_rate_v_per_s * dt_s
-        return base + self._r_jump * di_a
+        if isinstance(di_a, float):
+            return base + self._r_jump * di_a
+        out: FloatArray = base + self._r_jump * np.asarray(di_a, dtype=np.float64)
+        return out
 
     def _voltages(
         self,
@@ -660,50 +882,43 @@ class Monitor:
         flags: BoolArray,
         pack_v: float,
         dt_s: float,
-        di_a: FloatArray | float,
-        i_ring: FloatArray | float,
+        di_a: float | list[float],
+        i_hist: float | list[float],
     ) -> _Voltages:
-        n = v.size
-        ns = self.n_strings
         k = self._k
-        col = k % _HISTORY
-        summary: tuple[float, float, float] | None = None
-        total = math.nan
-        if n and v.dtype == np.float64 and int(np.count_nonzero(flags)) == n:
-            total = float(np.add.reduce(v))
-            if math.isfinite(total):
-                lo, hi = min_max(v)
-                if lo >= self._v_lo and hi <= self._v_hi:
-                    summary = (total, lo, hi)
         prev = self._prev_v
-        if prev is not None and prev.shape != v.shape:  # pragma: no cover - shape checked above
-            prev = None
         self._prev_v = v.copy() if v.flags.writeable else v
-        if summary is not None and self._ref_v is None and not self._stuck_any:
-            # Every reading flagged valid, finite and in range, none rejected or stuck before.
-            if ns == 1:
-                self._hist_mean[0, col] = total / n
-                string_sum = total
-            else:
-                sums = np.add.reduce(v.reshape(ns, -1), axis=1)
-                self._hist_mean[:, col] = sums / self.n_series
-                string_sum = (
-                    float(sums[int(np.argmax(np.abs(sums - pack_v)))])
-                    if math.isfinite(pack_v)
-                    else math.nan
-                )
-            self._hist_i[:, col] = i_ring
-            if prev is None:
-                self._last_change.fill(k)
-                return _Voltages(flags, 0, 0, summary, string_sum, {})
-            d = v - prev
-            np.copyto(self._last_change, k, where=d != 0.0)
-            allow = self._allowance_v(dt_s, di_a)
-            allow_min = allow if isinstance(allow, float) else float(np.minimum.reduce(allow))
-            d_max = max(float(np.maximum.reduce(d)), -float(np.minimum.reduce(d)))
-            if d_max <= allow_min and (k % STUCK_SCAN_EVERY or not self._scan_stuck(k, None)):
-                return _Voltages(flags, 0, 0, summary, string_sum, {})
-        return self._voltages_full(v, flags, pack_v, dt_s, di_a, i_ring, prev, summary)
+        if (
+            prev is not None
+            and self._ref_v is None
+            and not self._stuck_any
+            and v.dtype == np.float64
+            and self._flags_all_true(flags, 0)
+        ):
+            # Every reading flagged valid and none rejected or stuck before: one pass checks
+            # the range, the jumps and stamps the changes.
+            total = float(np.add.reduce(v))
+            lo, hi, d_max, oldest, worst = track_cells(
+                v, prev, self._last_change, k, self._hist_mean, pack_v
+            )
+            if total == total and lo >= self._v_lo and hi <= self._v_hi:  # finite, in range
+                col = k % _HISTORY
+                if self.n_strings == 1:
+                    self._hist_i0[col] = i_hist
+                    string_sum = total
+                else:
+                    self._hist_i[:, col] = i_hist
+                    string_sum = worst
+                p = self.params
+                base = p.cell_voltage_jump_v + p.cell_voltage_rate_v_per_s * dt_s
+                di_min = di_a if isinstance(di_a, float) else min(di_a)
+                if d_max <= base + self._r_jump * di_min and (
+                    k - oldest < p.stuck_min_samples
+                    or k % STUCK_SCAN_EVERY
+                    or not self._scan_stuck(k, None)
+                ):
+                    return flags, 0, 0, (total, lo, hi), string_sum, _NO_CAUSE_DICT
+        return self._voltages_full(v, flags, pack_v, dt_s, di_a, i_hist, prev)
 
     def _scan_stuck(self, k: int, ok: BoolArray | None) -> bool:
         """Mark readings unchanged since their string's current and mean voltage moved.
@@ -721,25 +936,20 @@ class Monitor:
             True if a reading was newly marked stuck.
         """
         p = self.params
-        run = k - self._last_change
-        cand = run >= p.stuck_min_samples
-        if ok is not None:
-            cand &= ok & ~self._stuck
-        idx = np.flatnonzero(cand)
-        if idx.size == 0:
-            return False
-        col = k % _HISTORY
-        then = (k - np.minimum(run[idx], _HISTORY - 1)) % _HISTORY
-        s = idx // self.n_series
-        with np.errstate(invalid="ignore"):
-            di = np.abs(self._hist_i[s, col] - self._hist_i[s, then])
-            dm = np.abs(self._hist_mean[s, col] - self._hist_mean[s, then])
-            hit = (di >= self.stuck_current_step_a) & (dm >= p.stuck_mean_step_v)
-        if not hit.any():
-            return False
-        self._stuck[idx[hit]] = True
-        self._stuck_any = True
-        return True
+        found = scan_stuck(
+            self._last_change,
+            k,
+            p.stuck_min_samples,
+            self._hist_i,
+            self._hist_mean,
+            self.stuck_current_step_a,
+            p.stuck_mean_step_v,
+            self._all_ok if ok is None else ok,
+            self._stuck,
+        )
+        if found:
+            self._stuck_any = True
+        return bool(found)
 
     def _voltages_full(
         self,
@@ -747,10 +957,9 @@ class Monitor:
         flags: BoolArray,
         pack_v: float,
         dt_s: float,
-        di_a: FloatArray | float,
-        i_ring: FloatArray | float,
+        di_a: float | list[float],
+        i_hist: float | list[float],
         prev: FloatArray | None,
-        summary: tuple[float, float, float] | None,
     ) -> _Voltages:
         """Cell-by-cell masks (something is or was wrong)."""
         n, ns, nser = v.size, self.n_strings, self.n_series
@@ -787,9 +996,9 @@ class Monitor:
             count = np.add.reduce(ok2, axis=1)
             sums = np.add.reduce(np.where(ok2, v.reshape(ns, nser), 0.0), axis=1)
             self._hist_mean[:, col] = np.where(count > 0, sums / np.maximum(count, 1), np.nan)
-            self._hist_i[:, col] = i_ring
+            self._hist_i[:, col] = i_hist
             # Stuck: unchanged since the string's current and mean voltage moved.
-            changed = ~ok if prev is None else (v != prev) | ~ok
+            changed = np.ones(n, dtype=np.bool_) if prev is None else (v != prev) | ~ok
             np.copyto(self._last_change, k, where=changed)
             self._stuck &= ~changed
             self._scan_stuck(k, ok)
@@ -809,20 +1018,18 @@ class Monitor:
             c = int(np.count_nonzero(mask))
             if c:
                 causes[name] = c
+        summary: tuple[float, float, float] | None = None
         if n_ok == n and n_stuck == 0:
-            if summary is None:  # pragma: no cover - all usable implies the clean summary
-                total = float(np.add.reduce(v))
-                summary = (total, *min_max(v))
+            total = float(np.add.reduce(v))
+            summary = (total, *min_max(v))
             valid = flags
         else:
-            ok &= ~stuck
-            valid = ok
-            summary = None
+            valid = ok & ~stuck
         if ns == 1:
             string_sum = summary[0] if summary is not None else math.nan
         else:
             string_sum = worst_string_sum(v, valid, ns, pack_v)
-        return _Voltages(valid, n - n_ok, n_stuck, summary, string_sum, causes)
+        return valid, n - n_ok, n_stuck, summary, string_sum, causes
 
     # ------------------------------------------------------------------ temperatures
     def _temperatures(
@@ -831,31 +1038,23 @@ class Monitor:
         p = self.params
         n = t.size
         prev = self._prev_t
+        self._prev_t = t.copy() if t.flags.writeable else t
         if prev is not None and prev.shape != t.shape:
             prev = None
             self._ref_t = self._extra_t = None
-        self._prev_t = t.copy() if t.flags.writeable else t
-        allow = p.temperature_jump_degc + p.temperature_rate_degc_per_s * dt_s
         if n == 0:
-            return flags, 0, {}
-        if self._ref_t is None and t.dtype == np.float64 and int(np.count_nonzero(flags)) == n:
-            if n <= _SMALL:
-                vals = t.tolist()
-                if math.isfinite(sum(vals)) and self._t_lo <= min(vals) and max(vals) <= self._t_hi:
-                    if prev is None:
-                        return flags, 0, {}
-                    d_max = max(abs(a - b) for a, b in zip(vals, prev.tolist(), strict=True))
-                    if d_max <= allow:
-                        return flags, 0, {}
-            elif math.isfinite(float(np.add.reduce(t))):
-                lo, hi = min_max(t)
-                if lo >= self._t_lo and hi <= self._t_hi:
-                    if prev is None:
-                        return flags, 0, {}
-                    d = t - prev
-                    d_max = max(float(np.maximum.reduce(d)), -float(np.minimum.reduce(d)))
-                    if d_max <= allow:
-                        return flags, 0, {}
+            return flags, 0, _NO_CAUSE_DICT
+        allow = p.temperature_jump_degc + p.temperature_rate_degc_per_s * dt_s
+        if (
+            prev is not None
+            and self._ref_t is None
+            and t.dtype == np.float64
+            and self._flags_all_true(flags, 1)
+        ):
+            lo, hi, d_max = extremes_and_jump(t, prev)
+            # NaN compares False: not clean.
+            if self._t_lo <= lo and hi <= self._t_hi and d_max <= allow:
+                return flags, 0, _NO_CAUSE_DICT
         flags = np.asarray(flags, dtype=np.bool_)
         with np.errstate(invalid="ignore"):
             finite = np.isfinite(t)
@@ -863,13 +1062,11 @@ class Monitor:
             bad_range = usable & outside(t, self._t_lo, self._t_hi)
             ok = usable & ~bad_range
             jump = np.zeros(n, dtype=np.bool_)
-            allow_s: FloatArray | float = allow
             ref: FloatArray = np.full(n, math.nan)
             if prev is not None:
                 ref = self._ref_t if self._ref_t is not None else prev
-                if self._extra_t is not None:
-                    allow_s = allow + self._extra_t
-                jump = ok & jumps(t, ref, allow_s, *self._t_keep)
+                extra = 0.0 if self._extra_t is None else self._extra_t
+                jump = ok & jumps(t, ref, allow + extra, *self._t_keep)
                 ok &= ~jump
             if bool(np.logical_and.reduce(ok)):
                 self._ref_t = self._extra_t = None

@@ -26,9 +26,10 @@ given. Without a slow test, an HPPC test is taken to start full and end empty.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -64,6 +65,25 @@ TEST_KINDS: tuple[str, ...] = ("ocv", "hppc", "dynamic")
 #: Mass per ampere-hour used for the (unmeasured) thermal parameters [kg/Ah].
 MASS_KG_PER_AH = 0.03
 REFERENCE_TEMPERATURE_DEGC = 25.0
+
+
+@contextlib.contextmanager
+def _single_thread_blas() -> Iterator[None]:
+    """Limit BLAS to one thread while fitting (when threadpoolctl is installed).
+
+    The least-squares problems of the dynamic fit are small (a few thousand rows, tens of
+    columns); a multi-threaded OpenBLAS is no faster on them and, on a loaded machine, tens
+    of times slower.
+    """
+    try:
+        from threadpoolctl import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
+            threadpool_limits,
+        )
+    except ImportError:  # pragma: no cover - depends on the environment
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 # -- recognising the test --------------------------------------------------------------------
@@ -820,41 +840,50 @@ def characterize(
     passes = 2 if slow else 1
     fits: dict[float, DynamicFit] = {}
     params = assemble(ocv_at)
-    for n_pass in range(passes):
-        base = params
-        has_m = bool(np.any(base.hysteresis_v > 1e-4))
-        fits = {}
-        for t, (_k, lg) in dyn_logs.items():
-            soc0, h0 = _start_state(lg, base, t)
-            fits[t] = fit_ecm_dynamic(
-                lg,
-                base,
-                soc0=soc0,
-                temperature_degc=t,
-                hysteresis0=h0,
-                n_rc=n_rc,
-                tau_guess_s=tuple(float(x) for x in np.geomspace(10.0, 300.0, n_rc)),
-                soc_knots=knots.tolist(),
-                fit_hysteresis=has_m,
-                max_evaluations=max_evaluations,
-            )
-            log.info(
-                "pass %d: dynamics at %g degC from %s: rmse %.2f mV",
-                n_pass + 1,
-                t,
-                lg.source,
-                1e3 * fits[t].rmse_v,
-            )
-        params = with_dynamics(base, fits)
-        if n_pass + 1 < passes:
-            model_r = {
-                t: params.r0_ohm[j] + params.rc_r_ohm[:, j].sum(axis=0) for j, t in enumerate(temps)
-            }
-            for t, st in slow.items():
-                ocv_at[t] = st.ocv(model_r[t])
-            params = assemble(ocv_at)
-            # keep the fitted dynamics as the starting point of the next pass
-            params = replace(with_dynamics(params, fits), hysteresis_v=params.hysteresis_v)
+    with _single_thread_blas():
+        for n_pass in range(passes):
+            base = params
+            has_m = bool(np.any(base.hysteresis_v > 1e-4))
+            new_fits: dict[float, DynamicFit] = {}
+            for t, (_k, lg) in dyn_logs.items():
+                soc0, h0 = _start_state(lg, base, t)
+                prev = fits.get(t)
+                taus = (
+                    tuple(float(x) for x in prev.rc_tau_s)
+                    if prev is not None
+                    else tuple(float(x) for x in np.geomspace(10.0, 300.0, n_rc))
+                )
+                new_fits[t] = fit_ecm_dynamic(
+                    lg,
+                    base,
+                    soc0=soc0,
+                    temperature_degc=t,
+                    hysteresis0=h0,
+                    n_rc=n_rc,
+                    tau_guess_s=taus,
+                    soc_knots=knots.tolist(),
+                    fit_hysteresis=has_m,
+                    gamma_guess=prev.hysteresis_rate if prev is not None else 50.0,
+                    max_evaluations=max_evaluations if prev is None else max_evaluations // 2,
+                )
+                log.info(
+                    "pass %d: dynamics at %g degC from %s: rmse %.2f mV",
+                    n_pass + 1,
+                    t,
+                    lg.source,
+                    1e3 * new_fits[t].rmse_v,
+                )
+            fits = new_fits
+            params = with_dynamics(base, fits)
+            if n_pass + 1 < passes:
+                # Compensate the slow branches with the ECM's own steady-state resistance.
+                model_r = {
+                    t: params.r0_ohm[j] + params.rc_r_ohm[:, j].sum(axis=0)
+                    for j, t in enumerate(temps)
+                }
+                for t, st in slow.items():
+                    ocv_at[t] = st.ocv(model_r[t])
+                params = assemble(ocv_at)
     for t, (k, _) in dyn_logs.items():
         has_m = bool(np.any(params.hysteresis_v > 1e-4))
         tests[k].used_for.append("R0, RC" + (", hysteresis rate" if has_m else ""))

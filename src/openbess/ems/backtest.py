@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -152,14 +153,12 @@ def site_inputs(
     sub = max(1, round(step_s / 300.0))
     offsets = (np.arange(sub) + 0.5) / sub * step_s
 
-    def interval_mean(f: object, hold: bool) -> FloatArray:
-        fn = f if callable(f) else None
-        if fn is None:  # pragma: no cover - internal misuse
-            raise TypeError("not callable")
-        if hold:
-            return np.asarray(fn(times), dtype=np.float64)
+    def interval_mean(fn: Callable[[FloatArray], FloatArray]) -> FloatArray:
         pts = (times[:, None] + offsets[None, :]).ravel()
-        return np.asarray(fn(pts), dtype=np.float64).reshape(times.size, sub).mean(axis=1)
+        out: FloatArray = (
+            np.asarray(fn(pts), dtype=np.float64).reshape(times.size, sub).mean(axis=1)
+        )
+        return out
 
     lc = config.load
     annual_wh = lc.annual_energy_kwh * 1000.0 if lc.annual_energy_kwh else None
@@ -169,7 +168,7 @@ def site_inputs(
         load = LoadModel.commercial(annual_wh if annual_wh is not None else 400e6)
     else:
         load = LoadModel.from_csv(lc.source, "load_w", annual_energy_wh=annual_wh)
-    load_w = interval_mean(load.power_w, hold=False)
+    load_w = interval_mean(load.power_w)
     pv_cfg = config.pv
     pv_w = np.zeros(times.size)
     if pv_cfg.enabled and pv_cfg.peak_power_w > 0:
@@ -184,9 +183,11 @@ def site_inputs(
             longitude_deg=config.longitude_deg,
             altitude_m=config.altitude_m,
         )
-        source = "measured" if pv_cfg.source == "household" else "clearsky_index"
-        model = PvModel(plant, source=source, cache_step_s=0.0 if source == "measured" else 300.0)
-        pv_w = interval_mean(model.power_w, hold=False)
+        if pv_cfg.source == "household":
+            model = PvModel(plant, source="measured", cache_step_s=0.0)
+        else:
+            model = PvModel(plant, source="clearsky_index", cache_step_s=300.0)
+        pv_w = interval_mean(model.power_w)
     g = config.grid
     tariff = Tariff.from_zone(
         g.price_zone,
@@ -834,3 +835,68 @@ def _series(inputs: pd.DataFrame) -> tuple[float, float, FloatArray]:
     if not np.isfinite(values).all():
         raise ValueError("inputs hold non-finite values")
     return float(t[0]), float(steps[0]), values
+
+
+def plot_backtest(result: BacktestResult, path: str | os.PathLike[str]) -> None:
+    """Write a PNG chart of a backtest: prices, SoC, battery power and grid power.
+
+    matplotlib (Agg backend) is imported here, so the rest of openbess runs without it.
+
+    Parameters
+    ----------
+    result : BacktestResult
+        The backtest.
+    path : str or os.PathLike
+        Output PNG file.
+
+    Raises
+    ------
+    ModuleNotFoundError
+        If matplotlib is not installed.
+    OSError
+        If the file cannot be written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = result.frame
+    s = result.summary
+    t = pd.DatetimeIndex(f.index).tz_convert("UTC").tz_localize(None)
+    fig, axes = plt.subplots(4, 1, figsize=(12, 9), sharex=True, constrained_layout=True)
+    ax = axes[0]
+    ax.step(t, f["import_price_eur_per_kwh"], where="post", lw=0.8, label="import")
+    ax.step(t, f["export_price_eur_per_kwh"], where="post", lw=0.8, label="export")
+    ax.set_ylabel("price [EUR/kWh]")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(
+        f"backtest ({s['forecast']} forecasts, {s['days']:.1f} days): savings "
+        f"{s['savings_eur']:.2f} EUR, capture ratio {s.get('capture_ratio', float('nan')):.3f}"
+    )
+    axes[1].plot(t, 100.0 * f["soc"], lw=0.8, color="tab:green")
+    axes[1].set_ylabel("SoC [%]")
+    axes[1].set_ylim(0, 100)
+    axes[2].step(t, f["battery_power_w"] / 1000.0, where="post", lw=0.8, label="executed")
+    axes[2].step(
+        t, f["planned_battery_power_w"] / 1000.0, where="post", lw=0.6, alpha=0.6, label="planned"
+    )
+    axes[2].axhline(0.0, color="k", lw=0.4)
+    axes[2].set_ylabel("battery [kW]\n(+ discharge)")
+    axes[2].legend(loc="upper right", fontsize=8)
+    axes[3].step(t, f["grid_power_w"] / 1000.0, where="post", lw=0.8, color="tab:red")
+    axes[3].step(
+        t,
+        (f["load_w"] - f["pv_w"]) / 1000.0,
+        where="post",
+        lw=0.6,
+        alpha=0.5,
+        color="tab:gray",
+        label="without battery",
+    )
+    axes[3].axhline(0.0, color="k", lw=0.4)
+    axes[3].set_ylabel("grid [kW]\n(+ import)")
+    axes[3].set_xlabel("time (UTC)")
+    axes[3].legend(loc="upper right", fontsize=8)
+    fig.savefig(os.fspath(path), dpi=100)
+    plt.close(fig)

@@ -233,11 +233,15 @@ def seasonal_naive(history: npt.ArrayLike, n_ahead: int, season_steps: int) -> F
 # Local calendar
 # --------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=64)
-def _offset_table(tz: str, year: int) -> tuple[FloatArray, FloatArray]:
-    """UTC offsets of a time zone over three years around ``year``: (times_s, offsets_s)."""
+def _offset_table(tz: str, first_year: int, last_year: int) -> tuple[FloatArray, FloatArray]:
+    """UTC offsets of a time zone from ``first_year - 1`` to ``last_year + 1``.
+
+    Returns the times [s] where an offset starts and the offsets [s] (the first entry starts
+    the table).
+    """
     index = pd.date_range(
-        pd.Timestamp(year - 1, 1, 1, tz="UTC"),
-        pd.Timestamp(year + 2, 1, 1, tz="UTC"),
+        pd.Timestamp(first_year - 1, 1, 1, tz="UTC"),
+        pd.Timestamp(last_year + 2, 1, 1, tz="UTC"),
         freq="h",
         inclusive="left",
     )
@@ -247,6 +251,9 @@ def _offset_table(tz: str, year: int) -> tuple[FloatArray, FloatArray]:
     change = np.flatnonzero(np.diff(offset) != 0.0) + 1
     keep = np.concatenate([[0], change])
     return t[keep], offset[keep]
+
+
+_YEAR_S = 365.2425 * DAY_S
 
 
 class LocalCalendar:
@@ -297,23 +304,14 @@ class LocalCalendar:
             return np.zeros(t.shape)
         if self.tz == "UTC":
             return np.zeros(t.shape)
-        years = np.unique((np.array([t.min(), t.max()]) / (365.2425 * DAY_S) + 1970).astype(int))
-        out = np.empty(t.shape)
-        flat = t.ravel()
-        res = out.reshape(-1)
-        lo, hi = int(years.min()), int(years.max())
-        tt_parts: list[FloatArray] = []
-        oo_parts: list[FloatArray] = []
-        for y in range(lo, hi + 1, 2):
-            tt, oo = _offset_table(self.tz, y)
-            tt_parts.append(tt)
-            oo_parts.append(oo)
-        tt = np.concatenate(tt_parts)
-        oo = np.concatenate(oo_parts)
-        order = np.argsort(tt, kind="stable")
-        tt, oo = tt[order], oo[order]
-        i = np.clip(np.searchsorted(tt, flat, side="right") - 1, 0, tt.size - 1)
-        res[:] = oo[i]
+        lo = int(float(t.min()) / _YEAR_S + 1970.0)
+        hi = int(float(t.max()) / _YEAR_S + 1970.0)
+        # tables in blocks of 8 years, so that a year-long run reuses one table
+        first = lo - lo % 8
+        last = hi - hi % 8 + 7
+        tt, oo = _offset_table(self.tz, first, last)
+        i = np.searchsorted(tt, t, side="right") - 1
+        out: FloatArray = oo[np.maximum(i, 0)]
         return out
 
     def local_s(self, time_s: npt.ArrayLike) -> FloatArray:
@@ -378,6 +376,45 @@ def _steps(duration_s: float, step_s: float, what: str) -> int:
     return round(n)
 
 
+class _GridCache:
+    """Values of a function of interval start times, cached on one regular grid.
+
+    Parameters
+    ----------
+    fn : callable
+        ``(start_times_s, step_s) -> values`` (deterministic: calendar keys, clear-sky PV).
+    chunk_s : float
+        Extra span computed ahead on a miss [s].
+    """
+
+    def __init__(
+        self, fn: Callable[[FloatArray, float], npt.NDArray[Any]], chunk_s: float = 8.0 * DAY_S
+    ) -> None:
+        self.fn = fn
+        self.chunk_s = chunk_s
+        self._key: tuple[float, float] = (math.nan, math.nan)
+        self._lo = 0
+        self._values: npt.NDArray[Any] = np.zeros(0)
+
+    def get(self, start_s: float, step_s: float, lo: int, hi: int) -> npt.NDArray[Any]:
+        """Values of the grid intervals ``lo .. hi - 1`` (grid ``start_s + i * step_s``)."""
+        if hi <= lo:
+            return self._values[:0]
+        cached_hi = self._lo + self._values.size
+        if self._key != (start_s, step_s) or lo < self._lo or hi > cached_hi:
+            chunk = max(1, round(self.chunk_s / step_s))
+            new_lo = lo if self._key != (start_s, step_s) or lo < self._lo else self._lo
+            new_lo = max(new_lo, hi - 8 * chunk)  # keep the cache bounded
+            new_lo = min(new_lo, lo)
+            new_hi = hi + chunk
+            self._values = np.asarray(
+                self.fn(_grid(start_s, step_s, new_lo, new_hi - new_lo), step_s)
+            )
+            self._lo = new_lo
+            self._key = (start_s, step_s)
+        return self._values[lo - self._lo : hi - self._lo]
+
+
 class Forecaster(ABC):
     """A forecaster of one interval series (see the module docstring for the contract)."""
 
@@ -417,7 +454,8 @@ class Forecaster(ABC):
         if n_ahead == 0:
             return np.zeros(0)
         out = self._forecast(h, float(start_s), float(step_s), int(n_ahead))
-        out = np.nan_to_num(out, nan=_fallback(h), posinf=0.0, neginf=0.0)
+        if not np.isfinite(out).all():
+            out = np.nan_to_num(out, nan=_fallback(h), posinf=0.0, neginf=0.0)
         if self.nonnegative:
             out = np.maximum(out, 0.0)
         return out
@@ -498,7 +536,7 @@ class SeasonalProfileForecaster(Forecaster):
     anchor_s: float = 3600.0
     nonnegative: bool = False
     name: str = "seasonal_profile"
-    _calendar: LocalCalendar | None = field(default=None, repr=False, compare=False)
+    _key_cache: _GridCache | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Check the arguments."""
@@ -506,22 +544,30 @@ class SeasonalProfileForecaster(Forecaster):
             raise ValueError(f"weeks must be >= 1, got {self.weeks}")
         if self.by not in ("weekday", "day_type", "day"):
             raise ValueError(f"by must be 'weekday', 'day_type' or 'day', got {self.by!r}")
-        self._calendar = LocalCalendar(self.tz, self.holidays)
+        calendar = LocalCalendar(self.tz, self.holidays)
+        by = self.by
 
-    def _keys(self, time_s: FloatArray, step_s: float) -> tuple[IntArray, int]:
-        cal = self._calendar if self._calendar is not None else LocalCalendar(self.tz)
+        def keys(time_s: FloatArray, step_s: float) -> IntArray:
+            slots = max(1, round(DAY_S / step_s))
+            slot = calendar.slot_of_day(time_s, step_s)
+            if by == "weekday":
+                out: IntArray = calendar.weekday(time_s) * slots + slot
+            elif by == "day_type":
+                out = calendar.day_type(time_s) * slots + slot
+            else:
+                out = slot
+            return out
+
+        self._key_cache = _GridCache(keys)
+
+    def _n_keys(self, step_s: float) -> int:
         slots = max(1, round(DAY_S / step_s))
-        slot = cal.slot_of_day(time_s, step_s)
-        if self.by == "weekday":
-            return cal.weekday(time_s) * slots + slot, 7 * slots
-        if self.by == "day_type":
-            return cal.day_type(time_s) * slots + slot, 3 * slots
-        return slot, slots
+        return {"weekday": 7, "day_type": 3, "day": 1}[self.by] * slots
 
     def profile(
-        self, history: FloatArray, start_s: float, step_s: float, time_s: FloatArray
+        self, history: FloatArray, start_s: float, step_s: float, idx: IntArray
     ) -> FloatArray:
-        """Profile value at interval start times, from the last ``weeks`` of the history.
+        """Profile value of grid intervals, from the last ``weeks`` of the history.
 
         Parameters
         ----------
@@ -531,29 +577,36 @@ class SeasonalProfileForecaster(Forecaster):
             Start of the first history interval [s].
         step_s : float
             Interval length [s].
-        time_s : numpy.ndarray
-            Interval start times to evaluate [s].
+        idx : numpy.ndarray of int
+            Grid indices of the intervals to evaluate (0 = the first history interval).
 
         Returns
         -------
         numpy.ndarray
             Profile values (NaN where no history matches and nothing falls back).
         """
+        cache = self._key_cache
+        if cache is None:  # pragma: no cover - set in __post_init__
+            raise RuntimeError("key cache missing")
         n_window = min(history.size, round(self.weeks * WEEK_S / step_s))
-        window = history[history.size - n_window :]
-        t_window = _grid(start_s, step_s, history.size - n_window, n_window)
+        lo = history.size - n_window
+        window = history[lo:]
+        hi = max(history.size, int(idx.max()) + 1 if idx.size else 0)
+        first = min(lo, int(idx.min()) if idx.size else lo)
+        all_keys = np.asarray(cache.get(start_s, step_s, first, hi), dtype=np.int64)
         ok = np.isfinite(window)
-        keys, n_keys = self._keys(t_window[ok], step_s)
+        keys = all_keys[lo - first : history.size - first][ok]
+        n_keys = self._n_keys(step_s)
         sums = np.bincount(keys, weights=window[ok], minlength=n_keys)
         counts = np.bincount(keys, minlength=n_keys)
         slots = max(1, round(DAY_S / step_s))
         slot_sums = sums.reshape(-1, slots).sum(axis=0)
         slot_counts = counts.reshape(-1, slots).sum(axis=0)
-        target_keys, _ = self._keys(time_s, step_s)
+        target_keys = all_keys[idx - first]
         with np.errstate(invalid="ignore", divide="ignore"):
             by_key = sums / counts
             by_slot = slot_sums / slot_counts
-        out = by_key[target_keys]
+        out: FloatArray = by_key[target_keys]
         missing = ~np.isfinite(out)
         if missing.any():
             out[missing] = by_slot[target_keys[missing] % slots]
@@ -563,12 +616,11 @@ class SeasonalProfileForecaster(Forecaster):
         self, history: FloatArray, start_s: float, step_s: float, n_ahead: int
     ) -> FloatArray:
         n = history.size
-        t_future = _grid(start_s, step_s, n, n_ahead)
         if self.anchor_tau_s is None:
-            return self.profile(history, start_s, step_s, t_future)
+            return self.profile(history, start_s, step_s, np.arange(n, n + n_ahead))
         m = min(n, max(1, round(self.anchor_s / step_s)))
-        t_tail = _grid(start_s, step_s, n - m, m)
-        both = self.profile(history, start_s, step_s, np.concatenate([t_tail, t_future]))
+        # the profile leaves out the anchoring window, so that the gap is not biased by it
+        both = self.profile(history[: n - m], start_s, step_s, np.arange(n - m, n + n_ahead))
         residual = float(np.nanmean(history[n - m :] - both[:m])) if m else math.nan
         return _anchor(both[m:], residual, step_s, self.anchor_tau_s)
 
@@ -793,6 +845,7 @@ class GradientBoostingForecaster(Forecaster):
 
     def _train(self, history: FloatArray, start_s: float, step_s: float) -> None:
         from sklearn.ensemble import HistGradientBoostingRegressor  # type: ignore[import-untyped]
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
         n = history.size
         n_train = min(n, round(self.train_weeks * WEEK_S / step_s))
@@ -812,12 +865,13 @@ class GradientBoostingForecaster(Forecaster):
                 random_state=self.seed,
                 categorical_features=None,
             )
-            model.fit(x[ok], y[ok])
             tail = round(self.anchor_s / step_s)
             span = np.arange(max(0, n - tail), n + horizon, dtype=np.int64)
-            pred = np.asarray(
-                model.predict(self._features(history, start_s, step_s, span)), dtype=np.float64
-            )
+            x_span = self._features(history, start_s, step_s, span)
+            # one thread: OpenMP threads on a shared 2-core machine slow a small fit 10-50x
+            with threadpool_limits(limits=1):
+                model.fit(x[ok], y[ok])
+                pred = np.asarray(model.predict(x_span), dtype=np.float64)
             self._pred = pred
             future = span
             self.n_trainings += 1
@@ -920,6 +974,7 @@ class ClearSkyPvForecaster(Forecaster):
     max_index: float = 1.3
     nonnegative: bool = True
     name: str = "clear_sky_pv"
+    _cache: _GridCache | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Check the arguments."""
@@ -927,17 +982,17 @@ class ClearSkyPvForecaster(Forecaster):
             raise ValueError("ClearSkyPvForecaster needs a clear_sky function")
         if not 0.0 <= self.day_weight <= 1.0:
             raise ValueError(f"day_weight must be in [0, 1], got {self.day_weight!r}")
+        self._cache = _GridCache(self.clear_sky)
 
     def _forecast(
         self, history: FloatArray, start_s: float, step_s: float, n_ahead: int
     ) -> FloatArray:
-        cs = self.clear_sky
-        if cs is None:  # pragma: no cover - checked in __post_init__
+        cache = self._cache
+        if cache is None:  # pragma: no cover - set in __post_init__
             raise ValueError("no clear_sky function")
         n = history.size
         n_days = min(n, round(self.days * DAY_S / step_s))
-        t_all = _grid(start_s, step_s, n - n_days, n_days + n_ahead)
-        clear = np.asarray(cs(t_all, step_s), dtype=np.float64)
+        clear = np.asarray(cache.get(start_s, step_s, n - n_days, n + n_ahead), dtype=np.float64)
         past, future = clear[:n_days], clear[n_days:]
         seg = history[n - n_days :]
         peak = max(float(clear.max()) if clear.size else 0.0, 1.0)

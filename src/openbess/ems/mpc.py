@@ -33,7 +33,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +53,9 @@ from openbess.ems.optimizer import (
     plan_request,
 )
 from openbess.plant import SiteMeasurements
+
+if TYPE_CHECKING:
+    from openbess.twin.site import SiteTwin
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +220,30 @@ class FunctionForecast:
         }
 
 
+def twin_perfect_forecast(twin: SiteTwin, sample_s: float = 60.0) -> FunctionForecast:
+    """Perfect foresight of a digital twin's own load, PV and tariff (for runs on the twin).
+
+    Parameters
+    ----------
+    twin : SiteTwin
+        The twin whose models are sampled.
+    sample_s : float
+        Sub-sampling interval of the step averages [s].
+
+    Returns
+    -------
+    FunctionForecast
+        The provider.
+    """
+    pv = twin.series.pv
+    return FunctionForecast(
+        twin.load.power_w,
+        pv.power_w if pv is not None else None,
+        twin.tariff.prices,
+        sample_s=sample_s,
+    )
+
+
 @dataclass
 class MpcStrategy:
     """Receding-horizon optimal control (see the module docstring).
@@ -341,13 +368,10 @@ class MpcStrategy:
     # -- fast path ---------------------------------------------------------------------------
     def _needs_plan(self, now_s: float, telemetry: Telemetry) -> bool:
         plan = self.plan
-        if plan is None:
-            return now_s - self._last_plan_s >= self.min_replan_interval_s
-        end = float(plan.time_s[-1] + plan.step_s[-1])
-        if now_s >= end:
-            return True
         if now_s - self._last_plan_s < self.min_replan_interval_s:
-            return False
+            return False  # also rate-limits retries after a failed plan
+        if plan is None or now_s >= float(plan.time_s[-1] + plan.step_s[-1]):
+            return True
         deviation = abs(telemetry.soc - plan.soc_at(now_s))
         if deviation > self.options.replan_soc_deviation:
             self.replans_on_deviation += 1

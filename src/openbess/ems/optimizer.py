@@ -48,11 +48,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import highspy
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from openbess.cell.ageing import ageing_params, cycle_rate
@@ -595,7 +593,9 @@ class _Builder:
         self.cols.append(c)
         self.vals.append(v)
 
-    def matrix(self) -> sp.csc_matrix:
+    def matrix(self) -> Any:
+        import scipy.sparse as sp  # imported on first use: the settings model stays light
+
         rows = np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
         cols = np.concatenate(self.cols) if self.cols else np.zeros(0, np.int64)
         vals = np.concatenate(self.vals) if self.vals else np.zeros(0)
@@ -603,12 +603,14 @@ class _Builder:
 
 
 _BANNER_SILENCED = False
-_HIGHS_CLASS: Any = highspy.Highs
 
 
 def _new_highs() -> Any:
     """A silent HiGHS instance (the first construction in a process prints a banner on fd 1)."""
     global _BANNER_SILENCED
+    import highspy
+
+    _HIGHS_CLASS: Any = highspy.Highs
     if _BANNER_SILENCED:
         h = _HIGHS_CLASS()
     else:
@@ -816,6 +818,8 @@ def _add_binaries(
 def _solve(
     model: _Model, integer_cols: npt.NDArray[np.int64], req: PlanRequest
 ) -> tuple[FloatArray, str]:
+    import highspy
+
     b = model.builder
     a = b.matrix()
     h = _new_highs()
