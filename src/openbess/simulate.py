@@ -28,8 +28,8 @@ from openbess.clock import Clock, ScaledClock, SimClock
 from openbess.config import SiteConfig
 from openbess.contract import Command, GateDecision, Outcome, Telemetry
 from openbess.controller import Controller
-from openbess.errors import ConfigError
 from openbess.ems.strategy import SelfConsumption, Strategy
+from openbess.errors import ConfigError
 from openbess.gate import Gate
 from openbess.plant import Measurements, SiteMeasurements
 from openbess.storage import RunStore, pack_row
