@@ -95,9 +95,9 @@ def _json_safe(value: Any) -> Any:
 @click.option(
     "--replan-min",
     type=click.FloatRange(min=0, min_open=True),
-    default=15.0,
-    show_default=True,
-    help="Minutes between plans.",
+    default=None,
+    help="Minutes between plans, a whole number of input steps (default 15, or the input "
+    "step if longer).",
 )
 @click.option(
     "--execution",
@@ -136,7 +136,7 @@ def backtest(
     days: float,
     history_days: float | None,
     horizon_h: float,
-    replan_min: float,
+    replan_min: float | None,
     execution: str,
     as_json: bool,
     plot_path: str | None,
@@ -186,11 +186,14 @@ def backtest(
             )
         if write_inputs is not None:
             write_inputs_csv(frame, write_inputs, tz=config.timezone)
+        index = pd.DatetimeIndex(frame.index)
+        step_s = (index[1] - index[0]).total_seconds() if len(index) > 1 else 900.0
+        replan_s = replan_min * 60.0 if replan_min is not None else max(900.0, step_s)
         options = BacktestOptions(
             forecast="perfect" if forecast == "perfect" else "model",
-            replan_s=replan_min * 60.0,
+            replan_s=replan_s,
             horizon_s=horizon_h * 3600.0,
-            fine_horizon_s=max(4.0 * 3600.0, replan_min * 60.0),
+            fine_horizon_s=max(4.0 * 3600.0, replan_s),
             execution="dispatch" if execution == "dispatch" else "follow",
             history_s=round(history * DAY_S),
             perfect_foresight=not no_perfect,

@@ -391,3 +391,17 @@ def test_estimator_power_limits_and_replay() -> None:
     assert np.all(np.abs(rep.soc[-1] - soc[-1]) < 0.03)  # from the first voltage
     assert np.all(rep.power["discharge_10s_w"] >= rep.power["discharge_60s_w"] - 1e-9)
     assert np.all(rep.power["charge_10s_w"] > 0)
+
+
+def test_zero_current_calibrates_the_offset() -> None:
+    params = _nmc()
+    model = CellModel(params)
+    f = SocKalmanFilter(model, 2, KalmanConfig())
+    f.initialise(0.5, 0.05)
+    v = model.ocv(np.full(2, 0.5), 25.0)
+    offset = np.array([0.03, -0.02])
+    for _ in range(30):  # contactors open: the true current is zero, the sensor reads its offset
+        f.step(1.0, offset, v, 25.0, zero_current=np.array([True, True]))
+    np.testing.assert_allclose(f.bias_a, offset, atol=0.002)
+    assert np.all(f.bias_std_a < 0.003)
+    np.testing.assert_allclose(f.soc, 0.5, atol=0.002)  # the offset was not counted as charge

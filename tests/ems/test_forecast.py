@@ -306,11 +306,12 @@ def test_error_report_scores_every_column_against_the_naive_baseline():
     assert set(report.errors) == set(FORECAST_COLUMNS)
     for col, e in report.errors.items():
         assert e.n > 0, col
-        assert e.mae >= 0.0 and math.isfinite(e.skill), col
+        assert e.mae >= 0.0, col
+        assert math.isfinite(e.skill), col
     # the day-ahead prices are known for half the horizon or more: the price forecast has skill
     assert report.errors["import_price_eur_per_kwh"].mae < 0.05
     # the provider itself is untouched by the report
-    assert p.load.forecast(actual["load_w"].to_numpy()[:96 * 20], START_S, STEP_S, 1).size == 1
+    assert p.load.forecast(actual["load_w"].to_numpy()[: 96 * 20], START_S, STEP_S, 1).size == 1
 
 
 def test_gradient_boosting_retrains_at_most_daily():
@@ -319,5 +320,22 @@ def test_gradient_boosting_retrains_at_most_daily():
     gb = GradientBoostingForecaster(max_iter=10, train_weeks=2)
     for k in range(15 * 96, 17 * 96, 4):  # two days of 1-hour re-plans
         out = gb.forecast(y[:k], START_S, STEP_S, 96)
-        assert out.shape == (96,) and np.isfinite(out).all()
+        assert out.shape == (96,)
+        assert np.isfinite(out).all()
     assert gb.n_trainings == 2
+
+
+@pytest.mark.parametrize("n_history", [0, 1, 5, 100])
+def test_every_forecaster_copes_with_little_history(n_history: int):
+    y = frame(2)["load_w"].to_numpy()[:n_history]
+    for f in (
+        SeasonalNaiveForecaster(WEEK_S, nonnegative=True),
+        SeasonalProfileForecaster(weeks=2, by="day", anchor_tau_s=3600.0, nonnegative=True),
+        HoltWintersForecaster(nonnegative=True),
+        GradientBoostingForecaster(max_iter=5, nonnegative=True),
+        ClearSkyPvForecaster(sine_clear_sky),
+    ):
+        out = f.forecast(y, START_S, STEP_S, 10)
+        assert out.shape == (10,), f.name
+        assert np.isfinite(out).all(), f.name
+        assert (out >= 0).all(), f.name

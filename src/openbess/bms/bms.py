@@ -191,6 +191,8 @@ class BatteryManagementSystem:
         self.balancing: BoolArray = np.zeros(setup.n_cells, dtype=bool)
         self.last_time_s: float | None = None
         self.result: ProtectionResult | None = None
+        #: The monitoring summary the protection evaluated last (e.g. for a reset request).
+        self.protection_inputs: ProtectionInputs | None = None
         self.contactor_out: ContactorOutput | None = None
         self.failed_at_s: float | None = None
         self.cell_soc: FloatArray = np.full(setup.n_cells, np.nan)
@@ -362,6 +364,7 @@ class BatteryManagementSystem:
             n_stuck_voltage=mon.n_stuck_voltage,
             current_implausible=mon.current_implausible,
         )
+        self.protection_inputs = inputs
         result = self.protection.evaluate(now_s, inputs)
         self.result = result
         for ev in result.events:

@@ -72,6 +72,8 @@ log = logging.getLogger(__name__)
 
 #: Central-difference step of the sigma-point filter (sqrt(3): optimal for a Gaussian prior).
 SIGMA_STEP = math.sqrt(3.0)
+#: Sub-intervals over which the state of power integrates the RC resistances along the SoC.
+SOP_SUBINTERVALS = 3
 #: SoC step of the EKF's numerical Jacobian [fraction] (smaller than any table segment).
 EKF_SOC_STEP = 1e-5
 
@@ -241,6 +243,8 @@ class _Tables:
         self._inv_width = 1.0 / t_width
         self.tau = [np.ascontiguousarray(r, dtype=np.float64) for r in p.rc_tau_s]  # per pair
         self.eta = p.coulombic_efficiency.astype(np.float64)  # (nt,)
+        self.eta_is_one = bool(np.all(self.eta == 1.0))
+        self.tau_const = [bool(np.all(r == r[0])) for r in self.tau]
         self._rows: dict[int, tuple[FloatArray, FloatArray, bool]] = {}
         self._rep: dict[int, tuple[FloatArray, FloatArray]] = {}
 
@@ -291,7 +295,8 @@ class _Tables:
     def soc_index(self, soc: FloatArray, jb: IntArray) -> tuple[IntArray, FloatArray]:
         """Flat cell index and SoC fraction of each point."""
         top = self.ns - 1.0
-        x = np.minimum(np.maximum(soc * top, 0.0), top)
+        x = np.multiply(soc, top)
+        np.clip(x, 0.0, top, out=x)
         i: IntArray = x.astype(np.intp)
         fz: FloatArray = x - i
         i += jb
@@ -613,6 +618,7 @@ class SocKalmanFilter:
         voltage_v: FloatArray,
         temperature_degc: FloatArray | float,
         valid: BoolArray | None = None,
+        zero_current: BoolArray | None = None,
     ) -> FloatArray:
         """Time update over ``dt_s`` with the measured current, then the voltage update.
 
@@ -628,6 +634,10 @@ class SocKalmanFilter:
             Cell temperature [degC].
         valid : numpy.ndarray of bool, optional
             Voltage validity; invalid (or non-finite) voltages are not used.
+        zero_current : numpy.ndarray of bool, optional
+            Cells whose true current is known to be zero (contactors open): their measured
+            current is then a direct reading of the sensor offset (zero-current calibration,
+            with the variance ``current_noise_a^2``, at least (0.1 % C)^2).
 
         Returns
         -------
@@ -656,7 +666,26 @@ class SocKalmanFilter:
             if dt_s > 0:
                 self._predict(sl, float(dt_s), i[sl], jb, ft)
             self._correct(sl, v[sl], i[sl], jb, ft, ok[sl], r_meas)
+        if zero_current is not None and self.i_b is not None:
+            self._zero_current_update(i, np.broadcast_to(np.asarray(zero_current, bool), (n,)))
         return self.soc
+
+    def _zero_current_update(self, i_m: FloatArray, mask: BoolArray) -> None:
+        """Scalar update of the cells in ``mask`` with ``i_m = b + noise`` (true current 0)."""
+        idx = np.flatnonzero(mask)
+        ib = self.i_b
+        if idx.size == 0 or ib is None:
+            return
+        n = self.n_states
+        noise = np.maximum(self.config.current_noise_a, 1e-3 * self.capacity_ah[idx])
+        col = [self._p(r, ib)[idx] for r in range(n)]  # P[:, b]
+        s = col[ib] + noise**2
+        resid = i_m[idx] - self.x[ib, idx]
+        for r in range(n):
+            self.x[r, idx] += col[r] / s * resid
+            for c in range(r, n):
+                self.P[r, c, idx] -= col[r] * col[c] / s
+        np.clip(self.x[0], 0.0, 1.0, out=self.x[0])
 
     def _predict(
         self, sl: slice, dt_s: float, i_m: FloatArray, jb: IntArray, ft: FloatArray
@@ -669,7 +698,12 @@ class SocKalmanFilter:
         cap = self.capacity_ah[sl]
         ib, ih = self.i_b, self.i_h
         i_eff = i_m - x[ib] if ib is not None else i_m
-        eta = np.where(i_eff < 0.0, tab.along_temperature(tab.eta, jb, ft), 1.0)
+        charging = i_eff < 0.0
+        eta: FloatArray | float = 1.0
+        if tab.eta_is_one:
+            pass
+        elif bool(charging.any()):
+            eta = np.where(charging, tab.along_temperature(tab.eta, jb, ft), 1.0)
         c = eta * (dt_s / 3600.0) / cap  # SoC per ampere over the step
         dz = c * i_eff
         # RC resistances at the start-of-step SoC, as ecm.step does.
@@ -677,14 +711,18 @@ class SocKalmanFilter:
         i_v = i_eff if cfg.bias_in_voltage else i_m
         abs_i = np.abs(i_v)
         n = self.n_states
-        f: list[FloatArray | None] = [None] * n
+        f: list[FloatArray | float | None] = [None] * n
         g: list[FloatArray | None] = [None] * n
         q: list[FloatArray | float] = [0.0] * n
         for k, row in enumerate(self.i_v):
             wr = tab.value(3 + k, idx, fz, ft)
             if self._scaled:
                 wr *= self.r_scale[sl]
-            a = np.exp(-dt_s / tab.along_temperature(tab.tau[k], jb, ft))
+            a: FloatArray | float
+            if tab.tau_const[k]:
+                a = math.exp(-dt_s / float(tab.tau[k][0]))
+            else:
+                a = np.exp(-dt_s / tab.along_temperature(tab.tau[k], jb, ft))
             w = 1.0 - a
             wr *= w  # (1 - a) R_k
             xr = x[row]
@@ -1118,7 +1156,8 @@ def power_limits(
     max_charge_current_a: FloatArray | float = np.inf,
     soc_min: float = 0.0,
     soc_max: float = 1.0,
-    iterations: int = 4,
+    iterations: int = 3,
+    directions: tuple[str, ...] = ("discharge", "charge"),
 ) -> PowerLimits:
     """State of power: constant current (and power) each cell can hold for ``horizon_s``.
 
@@ -1127,8 +1166,8 @@ def power_limits(
 
         v(t) = OCV(z - eta I t / 3600 Q) + M h(t) - R0 I - sum_k [a_k(t) v_k + (1 - a_k(t)) R_k I]
 
-    The voltage is checked at the start and at a quarter, half, three quarters and the end of
-    the horizon (with the RC resistances at the middle SoC of each interval); ``I`` is the
+    The voltage is checked at the start and at a third, two thirds and the end of the horizon
+    (the RC resistances integrated along the SoC path in three sub-intervals); ``I`` is the
     largest current that keeps all of them inside the voltage window, the SoC inside
     ``[soc_min, soc_max]`` at the end, and within the current limit, found by a few Newton
     steps on the limiting voltage.
@@ -1159,6 +1198,8 @@ def power_limits(
         SoC window [fraction].
     iterations : int
         Newton steps.
+    directions : tuple of str
+        Which limits to compute (``"discharge"``, ``"charge"``); the others are zeros.
 
     Returns
     -------
@@ -1192,30 +1233,32 @@ def power_limits(
         dz = eta * i * t_s / (3600.0 * cap)
         ze = np.clip(z - dz, 0.0, 1.0)
         te = model.tables(ze, temp)
-        # RC resistances follow the SoC along the pulse (ecm.step takes each step's start
-        # SoC): v_k(t) weighs the past with exp(-(t - s) / tau_k), so for a resistance linear
-        # in time the exact value is R_k at the SoC of the weighted mean age of the current.
-        x = t_s / taus
-        age_frac = np.where(x > 1e-6, 1.0 / np.maximum(x, 1e-6) - 1.0 / np.expm1(x), 0.5)
-        rk = np.empty_like(taus)
-        for k in range(taus.shape[0]):
-            z_k = np.clip(z - dz * (1.0 - age_frac[k]), 0.0, 1.0)
-            rk[k] = model.tables(z_k, temp)[3 + k] * r_scale
+        # The RC resistances follow the SoC along the pulse (ecm.step takes each step's start
+        # SoC): v_k(t) = i sum_m R_k(z_m) w_m over sub-intervals m with the exact weights
+        # w_m = exp(-(t - s_end) / tau_k) - exp(-(t - s_start) / tau_k).
+        rk_i = np.zeros_like(taus)
+        for m in range(SOP_SUBINTERVALS):
+            f0 = m / SOP_SUBINTERVALS
+            f1 = (m + 1) / SOP_SUBINTERVALS
+            zm = np.clip(z - dz * 0.5 * (f0 + f1), 0.0, 1.0)
+            w = np.exp(-(1.0 - f1) * t_s / taus) - np.exp(-(1.0 - f0) * t_s / taus)
+            rk_i += model.tables(zm, temp)[3:] * w
+        rk_i *= r_scale
         he = -np.sign(i) + (h + np.sign(i)) * np.exp(-np.abs(dz) * gamma)
         v = te[0] + te[1] * he - te[2] * r_scale * i
-        v -= (decay * vr + (1.0 - decay) * rk * i[None, :]).sum(axis=0)
+        v -= (decay * vr + rk_i * i[None, :]).sum(axis=0)
         # Incremental resistance (OCV slope over the SoC moved, plus the resistances).
         moved = ze - z
         safe = np.where(np.abs(moved) > 1e-9, moved, 1.0)
         slope = np.where(np.abs(moved) > 1e-9, (te[0] - tab[0]) / safe, 0.0)
-        r_inc = te[2] * r_scale + ((1.0 - decay) * rk).sum(axis=0)
+        r_inc = te[2] * r_scale + rk_i.sum(axis=0)
         r_inc += np.maximum(slope, 0.0) * eta * t_s / (3600.0 * cap)
         return v, r_inc
 
     def worst(i: FloatArray, sign: float) -> tuple[FloatArray, FloatArray]:
-        """The limiting voltage over the horizon (checked at four instants) and its dv/di."""
+        """The limiting voltage over the horizon (checked at three instants) and its dv/di."""
         v_w, r_w = voltage_at(i, horizon_s)
-        for frac in (0.25, 0.5, 0.75):
+        for frac in (1.0 / 3.0, 2.0 / 3.0):
             v, r = voltage_at(i, frac * horizon_s)
             lower = sign * (v - v_w) < 0
             v_w = np.where(lower, v, v_w)
@@ -1223,8 +1266,14 @@ def power_limits(
         return v_w, r_w
 
     v_start0 = tab[0] + tab[1] * h - vr.sum(axis=0)  # open-circuit part at t = 0+
-    out: dict[str, FloatArray] = {}
+    out: dict[str, FloatArray] = {
+        f"{d}_{q}": np.zeros(n)
+        for d in ("discharge", "charge")
+        for q in ("current_a", "voltage_v", "power_w", "resistance_ohm")
+    }
     for direction, sign in (("discharge", 1.0), ("charge", -1.0)):
+        if direction not in directions:
+            continue
         limit_v = vmin if sign > 0 else vmax
         i_cap = np.broadcast_to(
             np.asarray(
@@ -1506,6 +1555,7 @@ class BatteryStateEstimator:
             f.hysteresis,
             temp,
             horizon_s,
+            directions=("discharge",),
             **common,  # type: ignore[arg-type]
         )
         hi = power_limits(
@@ -1515,6 +1565,7 @@ class BatteryStateEstimator:
             f.hysteresis,
             temp,
             horizon_s,
+            directions=("charge",),
             **common,  # type: ignore[arg-type]
         )
         return PowerLimits(

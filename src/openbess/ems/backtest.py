@@ -633,9 +633,9 @@ def run_backtest(
     if n_all - i0 < 1:
         raise ValueError(f"the series ({n_all} intervals) is no longer than history_s")
     replan = _whole(opts.replan_s, dt_s, "replan_s")
-    fine = max(_whole(opts.fine_horizon_s, dt_s, "fine_horizon_s"), replan)
-    coarse = _whole(opts.coarse_step_s, dt_s, "coarse_step_s")
-    horizon = max(_whole(opts.horizon_s, dt_s, "horizon_s"), replan)
+    fine = max(math.ceil(opts.fine_horizon_s / dt_s - 1e-9), replan)
+    coarse = _whole(max(opts.coarse_step_s, dt_s), dt_s, "coarse_step_s")
+    horizon = max(math.ceil(opts.horizon_s / dt_s - 1e-9), replan)
     prov: HistoryForecastProvider | PerfectForecastProvider
     if provider is not None:
         prov = provider

@@ -621,7 +621,9 @@ class SeasonalProfileForecaster(Forecaster):
         m = min(n, max(1, round(self.anchor_s / step_s)))
         # the profile leaves out the anchoring window, so that the gap is not biased by it
         both = self.profile(history[: n - m], start_s, step_s, np.arange(n - m, n + n_ahead))
-        residual = float(np.nanmean(history[n - m :] - both[:m])) if m else math.nan
+        gap = history[n - m :] - both[:m]
+        gap = gap[np.isfinite(gap)]
+        residual = float(gap.mean()) if gap.size else math.nan
         return _anchor(both[m:], residual, step_s, self.anchor_tau_s)
 
 
@@ -854,7 +856,9 @@ class GradientBoostingForecaster(Forecaster):
         ok = np.isfinite(y)
         horizon = round((self.retrain_s + self.max_horizon_s) / step_s) + 1
         future = np.arange(n, n + horizon, dtype=np.int64)
-        if ok.sum() < round(DAY_S / step_s):
+        # at least a day of targets with their value one week earlier, else the recent mean
+        lagged = ok & (idx >= round(WEEK_S / step_s))
+        if lagged.sum() < round(DAY_S / step_s):
             self._pred = np.full(horizon, _fallback(history))
         else:
             x = self._features(history, start_s, step_s, idx)
