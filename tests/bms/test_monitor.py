@@ -147,7 +147,7 @@ def test_compiled_kernels_match_their_numpy_versions(n_strings, n_series, seed):
     v = np.round(3.3 + rng.normal(0, 0.002, n), 3)
     prev = np.where(rng.random(n) < 0.5, v, np.round(3.3 + rng.normal(0, 0.002, n), 3))
     k = int(rng.integers(10, 1000))
-    lc_a = rng.integers(0, k, n).astype(np.int64)
+    lc_a = rng.integers(0, k, n).astype(np.int32)
     lc_b = lc_a.copy()
     h_a = rng.normal(3.3, 0.01, (n_strings, 256))
     h_b = h_a.copy()

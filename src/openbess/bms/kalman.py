@@ -876,8 +876,8 @@ class SocKalmanFilter:
             lh += lcol[ih] * m0
         if bias_v and ib is not None:
             lh += lcol[ib] * r00
-        u: list[FloatArray] = []
-        for r in range(n):
+        u: list[FloatArray] = [np.zeros(0)]  # u[0] is zero: row 0 of P - l l^T vanishes
+        for r in range(1, n):
             acc = lcol[r] * lh
             np.negative(acc, out=acc)
             for col, hc in hrow:
@@ -904,7 +904,8 @@ class SocKalmanFilter:
             inv_pyy[~ok] = 0.0
             innov[~ok] = 0.0
         pxy = u
-        for r in range(n):
+        pxy[0] = lcol[0] * dcol
+        for r in range(1, n):
             pxy[r] += lcol[r] * dcol
         buf = np.empty_like(innov)
         for r in range(n):

@@ -75,7 +75,7 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
-IntArray = npt.NDArray[np.int64]
+IntArray = npt.NDArray[np.int32]
 
 #: Arrays up to this size are reduced in pure Python (numpy's per-call cost dominates).
 _SMALL = 32
@@ -554,7 +554,7 @@ class Monitor:
         self._prev_v: FloatArray | None = None
         self._ref_v: FloatArray | None = None  # last accepted readings while some are rejected
         self._extra_v: FloatArray | None = None  # their grown allowance [V]
-        self._last_change: IntArray = np.zeros(n, dtype=np.int64)
+        self._last_change: IntArray = np.zeros(n, dtype=np.int32)
         self._stuck: BoolArray = np.zeros(n, dtype=np.bool_)
         self._stuck_any = False
         self._hist_i: FloatArray = np.full((n_strings, _HISTORY), np.nan)
@@ -568,8 +568,8 @@ class Monitor:
         # Currents.
         self._prev_x = math.nan  # one string: last usable current [A]
         self._prev_vals: list[float] | None = None  # several: last currents (inf: unusable)
-        self._fail_i: IntArray = np.zeros(n_strings, dtype=np.int64)
-        self._pass_i: IntArray = np.zeros(n_strings, dtype=np.int64)
+        self._fail_i: IntArray = np.zeros(n_strings, dtype=np.int32)
+        self._pass_i: IntArray = np.zeros(n_strings, dtype=np.int32)
         self._mismatch: BoolArray = np.zeros(n_strings, dtype=np.bool_)
         self._mismatch_state = False  # a string failed the comparison lately
         self._zero_fail = 0
@@ -796,16 +796,23 @@ class Monitor:
         vals = i.tolist()
         prev_vals = self._prev_vals
         total = sum(vals)
+        lo = min(vals)
+        hi = max(vals)
+        # No string is further from the others' mean than the spread; with one sign, the
+        # others' mean magnitude is at least the smallest magnitude: a sufficient check.
+        tol = self._i_mismatch
+        if lo > 0.0 or hi < 0.0:
+            tol = max(tol, p.current_mismatch_fraction * min(abs(lo), abs(hi)))
         if (
             total - total == 0.0  # every value finite
             and not self._mismatch_state
             and not self._zero_fault
             and int(np.count_nonzero(flags)) == ns
-            and -self._i_range <= min(vals)
-            and max(vals) <= self._i_range
-            and max(vals) - min(vals) <= self._i_mismatch
+            and -self._i_range <= lo
+            and hi <= self._i_range
+            and hi - lo <= tol
         ):
-            # Every string valid and within the absolute tolerance of every other.
+            # Every string valid and within the tolerance of every other.
             violated = expect_zero and abs(total) > self._i_zero
             di: float | list[float] = math.inf
             if new:

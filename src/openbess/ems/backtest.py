@@ -34,6 +34,7 @@ from openbess.ems.forecast import (
     ClearSkyPvForecaster,
     Forecaster,
     HistoryForecastProvider,
+    HoltWintersForecaster,
     PerfectForecastProvider,
     SeasonalNaiveForecaster,
     SeasonalProfileForecaster,
@@ -424,8 +425,8 @@ def default_provider(config: SiteConfig, actuals: pd.DataFrame) -> HistoryForeca
     - load: mean of every day over the last two weeks at the same local time, anchored to the
       last hour's measurement (time constant 3 h);
     - PV: clear-sky PV of the site's plant times a persisted clearness index;
-    - prices: published day-ahead prices (tomorrow's after 13:00 CET), beyond them the mean of
-      the last week at the same hour.
+    - prices: published day-ahead prices (tomorrow's after 13:00 CET), beyond them additive
+      Holt-Winters exponential smoothing with a daily season.
 
     Parameters
     ----------
@@ -447,7 +448,7 @@ def default_provider(config: SiteConfig, actuals: pd.DataFrame) -> HistoryForeca
         pv = ClearSkyPvForecaster(ClearSkyPv(pv_plant_for(config)), tau_s=4.0 * 3600.0)
     else:
         pv = SeasonalNaiveForecaster(DAY_S, nonnegative=True)
-    price = SeasonalProfileForecaster(weeks=1, by="day", tz="Europe/Berlin")
+    price = HoltWintersForecaster(alpha=0.1, beta=0.0, gamma=0.3)
     return HistoryForecastProvider(actuals, load=load, pv=pv, price=price)
 
 

@@ -1,0 +1,118 @@
+"""Benchmark: one year of the ``home`` site, rolling MPC every 15 min on model forecasts.
+
+The inputs are the twin's own series (:func:`openbess.ems.backtest.site_inputs`): the bundled
+household load and PV (north-east France, 2024-02-29 .. 2025-02-27) and the DE-LU day-ahead
+prices (2022-07 .. 2023-06, mapped onto the household year by whole weeks), at 15 min, with
+the import adder and VAT of the site file. Four weeks before the year serve as forecast
+history only. Every 15 min the planner gets forecasts made from the past (load: two-week daily
+profile anchored to the last hour; PV: clear-sky times a persisted clearness index; prices:
+the published day-ahead prices, Holt-Winters beyond them) over a 36 h horizon (4 h at 15 min,
+then hourly) and the first 15 min are executed against the actual load and PV.
+
+Prints one JSON object: wall and CPU time of the backtest, time per re-plan, the savings, the
+perfect-foresight reference (single-shot optimum of the whole year) and ``capture_ratio``.
+Targets (issue 4): under 5 minutes, ``capture_ratio`` above 0.9.
+
+Usage: ``python benchmarks/backtest_home_year.py [--days N] [--execution follow|dispatch]
+[--progress]`` (``--days 28`` for a quick check; the time is then also extrapolated to a year).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+
+import pandas as pd
+
+from openbess.config import load_site
+from openbess.data.timeseries import DAY_S
+from openbess.ems.backtest import BacktestOptions, run_backtest, site_inputs
+
+YEAR_START = "2024-02-29T00:00:00+01:00"
+HISTORY_DAYS = 28.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--days", type=float, default=365.0, help="days backtested")
+    parser.add_argument(
+        "--execution",
+        choices=["follow", "dispatch"],
+        default="dispatch",
+        help="execution of the plan against the actuals (see BacktestOptions)",
+    )
+    parser.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    config = load_site("home")
+    start = pd.Timestamp(YEAR_START) - pd.Timedelta(days=HISTORY_DAYS)
+    t0 = time.perf_counter()
+    inputs = site_inputs(config, start, HISTORY_DAYS + args.days, step_s=900.0)
+    build_s = time.perf_counter() - t0
+    load_before = os.getloadavg()[0]
+    cpu0 = time.process_time()
+    t1 = time.perf_counter()
+    result = run_backtest(
+        config,
+        inputs,
+        BacktestOptions(
+            forecast="model",
+            execution=args.execution,
+            history_s=HISTORY_DAYS * DAY_S,
+            progress=args.progress,
+        ),
+    )
+    total_wall = time.perf_counter() - t1
+    total_cpu = time.process_time() - cpu0
+    s = result.summary
+    backtest_wall = float(s["wall_time_s"])
+    scale = 365.0 / args.days
+    out = {
+        "benchmark": "backtest_home_year",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": round(load_before, 2),
+        "days": args.days,
+        "execution": args.execution,
+        "replans": s["solves"],
+        "inputs_build_s": round(build_s, 2),
+        "backtest_wall_time_s": round(backtest_wall, 2),
+        "backtest_wall_time_per_year_s": round(backtest_wall * scale, 1),
+        "total_wall_time_s": round(total_wall, 2),
+        "total_cpu_time_s": round(total_cpu, 2),
+        "ms_per_replan": round(1000.0 * backtest_wall / s["solves"], 2),
+        "solve_time_per_solve_ms": round(1000.0 * s["solve_time_per_solve_s"], 2),
+        "forecast_time_per_replan_ms": round(1000.0 * s["forecast_time_s"] / s["solves"], 2),
+        "perfect_foresight_solve_time_s": round(s.get("perfect_foresight_solve_time_s", 0.0), 2),
+        "cost_eur": round(s["cost_eur"], 2),
+        "baseline_cost_eur": round(s["baseline_cost_eur"], 2),
+        "savings_eur": round(s["savings_eur"], 2),
+        "perfect_foresight_savings_eur": round(s["perfect_foresight_savings_eur"], 2),
+        "capture_ratio": round(s["capture_ratio"], 4),
+        "equivalent_full_cycles": round(s["equivalent_full_cycles"], 1),
+        "forecast_skill": {
+            k: {
+                "mae": round(v["mae"], 4),
+                "skill": round(v["skill"], 3),
+                "skill_first_step": (
+                    round(v["skill_first_step"], 3)
+                    if v["skill_first_step"] == v["skill_first_step"]
+                    else None
+                ),
+            }
+            for k, v in s["forecast_error"].items()
+        },
+        "targets": {"backtest_wall_time_per_year_s": 300.0, "capture_ratio": 0.9},
+    }
+    json.dump(out, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
