@@ -673,12 +673,14 @@ class Monitor:
             i_ok, valid, implausible, trusted, i_causes, _, _ = self._currents(
                 i, m.string_current_valid, expect_zero_current, new=False
             )
+            kept = {k: c for k, c in last.causes.items() if not k.startswith("current_")}
+            kept.update(i_causes)
             result = last._replace(
                 string_current_valid=i_ok,
                 current_valid=valid,
                 current_implausible=implausible,
                 current_trusted=trusted,
-                causes=MappingProxyType(i_causes) if i_causes else _NO_CAUSES,
+                causes=MappingProxyType(kept) if kept else _NO_CAUSES,
             )
             self._last = result
             return result
