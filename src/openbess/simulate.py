@@ -135,6 +135,7 @@ def build_bms(config: SiteConfig, twin: SiteTwin) -> BatteryManagementSystem:
         charge_efficiency=b.charge_efficiency,
         discharge_efficiency=b.discharge_efficiency,
         balancing=config.bms.balancing,
+        bleed_resistance_ohm=config.bms.bleed_resistance_ohm,
     )
     return BatteryManagementSystem(setup)
 

@@ -161,18 +161,6 @@ def test_pack_soc_matches_string_soc_mean(n_strings, n_series, seed, flat):
     np.testing.assert_array_equal(string_min, soc.reshape(n_strings, -1).min(axis=1))
 
 
-def test_balancing_bleeds_cells_above_their_string_minimum():
-    bms = make_bms(2, 1, 4)
-    soc = np.array([0.50, 0.51, 0.50, 0.52, 0.30, 0.30, 0.304, 0.306])
-    _, _, _, string_min = _pack_soc(soc, 2)
-    mask, n = bms._balancing(soc, string_min, 0.0, 25.0, estimated=True, closed=True)
-    np.testing.assert_array_equal(mask, [False, True, False, True, False, False, False, True])
-    assert n == 3
-    # Hot, or discharging while connected: no balancing.
-    assert bms._balancing(soc, string_min, 0.0, 50.0, True, True)[1] == 0
-    assert bms._balancing(soc, string_min, 5.0, 25.0, True, True)[1] == 0
-
-
 @pytest.mark.parametrize(
     ("main", "precharge", "opening", "wanted", "setpoint"),
     [

@@ -208,3 +208,21 @@ def test_bms_estimates_track_the_true_state(home_two_days):
     # model-compensated OCV corrections bring SoC and capacity close to it.
     assert abs(k["soc_end_estimated"] - k["soc_end"]) < 0.03
     assert abs(k["soh_estimated"] - k["soh_true"]) < 0.05
+
+
+def test_balancing_state_reaches_telemetry_actuation_and_the_twin():
+    site = build_site(load_site("home"), START_S, 60.0)
+    # Spread the cells' SoC so that the balancer has work to do.
+    soc = site.twin.pack.cell_soc
+    soc[::2] += 0.04
+    site.twin.pack.set_cell_soc(soc)
+    counts = []
+    for k in range(3 * 1440):
+        tel = site.controller.cycle(START_S + 60.0 * k)
+        assert tel is not None
+        mask = site.twin.actuation.balancing
+        assert mask is not None
+        assert tel.balancing_cells == int(np.count_nonzero(site.bms.balancing))
+        counts.append(tel.balancing_cells)
+    assert max(counts) > 0
+    assert site.twin.energy_kpis()["losses_balancing_kwh"] > 0.0

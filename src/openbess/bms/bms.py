@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from openbess.bms.balancing import Balancer, BalancingConfig
 from openbess.bms.contactor import ContactorInputs, ContactorMachine, ContactorOutput
 from openbess.bms.contactor import ContactorRequest as MachineRequest
 from openbess.bms.defaults import BmsParams
@@ -102,10 +103,10 @@ class BmsSetup:
         Converter efficiencies used to turn DC limits into AC limits [fraction].
     balancing : bool
         Passive balancing enabled.
-    balancing_threshold_soc : float
-        SoC above the string's lowest cell that starts bleeding a cell [fraction].
     balancing_max_temperature_degc : float
         No balancing above this cell temperature [degC].
+    bleed_resistance_ohm : float
+        Balancing bleed resistor [ohm].
     """
 
     cell: CellParams
@@ -118,8 +119,8 @@ class BmsSetup:
     charge_efficiency: float = 0.95
     discharge_efficiency: float = 0.95
     balancing: bool = True
-    balancing_threshold_soc: float = 0.005
     balancing_max_temperature_degc: float = 45.0
+    bleed_resistance_ohm: float = 33.0
 
     @property
     def n_cells(self) -> int:
@@ -189,6 +190,19 @@ class BatteryManagementSystem:
             )
         )
         self.balancing: BoolArray = np.zeros(setup.n_cells, dtype=bool)
+        chem = "lfp" if setup.cell.chemistry.upper().startswith("LFP") else "nmc"
+        self.balancer = Balancer(
+            BalancingConfig.for_chemistry(
+                chem,
+                bleed_resistance_ohm=setup.bleed_resistance_ohm,
+                rest_current_a=setup.params.protection.rest_current_a,
+                max_temperature_degc=setup.balancing_max_temperature_degc,
+                enabled=setup.balancing,
+            ),
+            setup.n_strings,
+            setup.n_series,
+            setup.n_series // setup.modules_per_string,
+        )
         self.last_time_s: float | None = None
         self.result: ProtectionResult | None = None
         #: The monitoring summary the protection evaluated last (e.g. for a reset request).
@@ -343,9 +357,16 @@ class BatteryManagementSystem:
         cell_i = float(i_str[0]) if one else i_str.repeat(s.n_series)
         self.cell_soc = self.estimator.update(dt_s, cell_i, v, v_ok, cell_t)
         estimated = self.estimator.initialised
+        if estimated and dt_s > 0.0 and self.balancer.bleeding:
+            # Charge drawn by the bleed resistors over the last interval (not in the current).
+            est = self.estimator
+            dq_ah = self.balancer.bleed_current_a * (dt_s / 3600.0)
+            est.soc = np.clip(est.soc - dq_ah / est.capacity_ah, 0.0, 1.0)
+            est.net_ah = est.net_ah + dq_ah
+            self.cell_soc = est.soc
         # Estimated: every cell SoC is finite (nan_to_num would only copy it).
         soc_cells = self.cell_soc if estimated else np.nan_to_num(self.cell_soc, nan=0.0)
-        soc, z_min, z_max, string_min = _pack_soc(soc_cells, s.n_strings)
+        soc, z_min, z_max, _ = _pack_soc(soc_cells, s.n_strings)
         soh = self.estimator.soh
 
         # Protection.
@@ -428,9 +449,20 @@ class BatteryManagementSystem:
         )
 
         # Passive balancing on SoC imbalance, at rest or while charging.
-        self.balancing, n_balancing = self._balancing(
-            soc_cells, string_min, pack_i, t_max, estimated, closed
+        self.balancing = self.balancer.update(
+            now_s,
+            dt_s,
+            self.cell_soc,
+            self.estimator.capacity_ah,
+            v,
+            v_ok,
+            pack_i,
+            t_max,
+            closed,
         )
+        n_balancing = self.balancer.n_balancing
+        for bev in self.balancer.pop_events():
+            self.events.append(BmsEvent(bev.time_s, "balancing", bev.code, "info", bev.message))
         if result.alarms is not self._alarm_source:
             self._alarm_source = result.alarms
             self._alarm_labels = result.labels()
@@ -484,30 +516,6 @@ class BatteryManagementSystem:
         for lev in self.logbook.pop_events():
             self.events.append(BmsEvent(lev.time_s, lev.kind, lev.code, lev.severity, lev.message))
         return telemetry, limits
-
-    def _balancing(
-        self,
-        soc: FloatArray,
-        string_min: FloatArray | float,
-        pack_i: float,
-        t_max: float,
-        estimated: bool,
-        closed: bool,
-    ) -> tuple[BoolArray, int]:
-        """Cells to bleed (SoC above their string's lowest by the threshold), and how many."""
-        s = self.setup
-        if not (s.balancing and estimated) or not math.isfinite(t_max):
-            return np.zeros(s.n_cells, dtype=bool), 0
-        rest_a = s.params.protection.rest_current_a
-        if t_max > s.balancing_max_temperature_degc or (closed and pack_i > rest_a):
-            return np.zeros(s.n_cells, dtype=bool), 0
-        if s.n_strings == 1:
-            out: BoolArray = soc - string_min > s.balancing_threshold_soc
-        else:
-            per = soc.reshape(s.n_strings, s.n_series)
-            floor = np.reshape(string_min, (s.n_strings, 1))
-            out = (per - floor > s.balancing_threshold_soc).reshape(-1)
-        return out, int(np.count_nonzero(out))
 
     def actuation(self, gated: Actuation) -> Actuation:
         """Add the contactor request and the balancing mask to the gated actuation.

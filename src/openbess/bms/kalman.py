@@ -391,6 +391,8 @@ class SocKalmanFilter:
         self.innovation_v = np.zeros(n_cells)
         #: Std of the predicted voltage of the last update (incl. noise) [V].
         self.innovation_std_v = np.zeros(n_cells)
+        #: ``OCV + M h - sum v_k`` of the predicted (prior) state of the last update [V].
+        self.open_circuit_prior_v = np.zeros(n_cells)
         self._last_dt_s = 1.0
 
     # -- state access ----------------------------------------------------------------------
@@ -845,6 +847,8 @@ class SocKalmanFilter:
 
         z = x[0]
         y0, m0, r00 = model_voltage(z, None)
+        # Open-circuit part of the prior's voltage (for the resistance estimator).
+        self.open_circuit_prior_v[sl] = y0 + r00 * i_eff
         y_plus = model_voltage(z + step * lcol[0], step)[0]
         y_minus = model_voltage(z - step * lcol[0], -step)[0]
         dcol = y_plus - y_minus
@@ -1482,13 +1486,16 @@ class BatteryStateEstimator:
             dq_ah = eta * i_eff * dt_s / 3600.0
             self.capacity.update(dq_ah, f.soc, f.soc_std)
             if self._prev_v is not None and self._prev_i is not None:
-                model_v, r0_tab = self._model_parts(temp)
-                prev_model = self._prev_model_v if self._prev_model_v is not None else model_v
+                # Modelled change without the ohmic term: prior now minus posterior before
+                # (the posterior now has already absorbed part of the measured step).
+                prior_v = f.open_circuit_prior_v
+                prev_model = self._prev_model_v if self._prev_model_v is not None else prior_v
+                _, r0_tab = self._model_parts(temp)
                 self.resistance.update(
                     dt_s,
                     i - self._prev_i,
                     v - self._prev_v,
-                    model_v - prev_model,
+                    prior_v - prev_model,
                     r0_tab,
                     f.capacity_ah,
                 )
