@@ -187,8 +187,9 @@ def evaluate(
             **scenario_results(time_s[sl], est_mid, truth[sl], 0),
         }
         # SoH and resistance along the nominal run (BatteryStateEstimator).
+        model = CellModel(params)
         rep = replay(
-            CellModel(params),
+            model,
             time_s,
             i_meas,
             v_meas,
@@ -202,6 +203,12 @@ def evaluate(
             "capacity_of_model_ah": round(cap, 4),
             "resistance_mohm": round(1e3 * float(rep.resistance_ohm[-1, 0]), 3),
             "resistance_std_mohm": round(1e3 * float(rep.resistance_std_ohm[-1, 0]), 3),
+            "resistance_over_r0_table": round(
+                float(
+                    rep.resistance_ohm[-1, 0] / model.tables(rep.soc[-1], np.array([25.0]))[2][0]
+                ),
+                3,
+            ),
         }
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out

@@ -9,13 +9,17 @@ b`` (``g`` an unknown gain error); the filter uses ``i_eff = i_m - b``.
 Process model (exact zero-order hold of :func:`openbess.cell.ecm.step`)::
 
     z'   = z - eta dt / (3600 Q) * i_eff
-    v_k' = a_k v_k + (1 - a_k) R_k(z) i_eff,         a_k = exp(-dt / tau_k)
+    v_k' = a_k v_k + (1 - a_k) R_k(z) i_m,           a_k = exp(-dt / tau_k)
     h'   = d h + (1 - d) (-sign(i_eff)),             d = exp(-|eta i_eff| gamma dt / (3600 Q))
     b'   = b
 
 Measurement::
 
-    v = OCV(z, T) + M(z, T) h - R0(z, T) i_eff - sum_k v_k
+    v = OCV(z, T) + M(z, T) h - R0(z, T) i_m - sum_k v_k
+
+The offset acts on the charge count only (``KalmanConfig.bias_in_voltage`` also applies it to
+the ohmic and RC drops, a sub-millivolt term through which model errors at rest would read as an
+offset).
 
 The process model is affine in the state except for the weak SoC dependence of the RC
 resistances, so the time update propagates mean and covariance through it exactly (with that
@@ -48,8 +52,9 @@ Also here: capacity and resistance estimation with their uncertainty (state of h
 power available for the next seconds (state of power), and :class:`BatteryStateEstimator`,
 which runs all three along a log.
 
-Everything is pure numpy over arrays of N cells; one update of the filter for 100,000 cells
-takes a few milliseconds (``benchmarks/soc_estimation.py`` measures it).
+Everything is pure numpy over arrays of N cells; ``benchmarks/soc_estimation.py`` measures one
+update for 100,000 cells (about 15 ms of CPU time on the project's 2-core VM). See
+``docs/estimation.md`` for the tuning and the benchmark results.
 """
 
 from __future__ import annotations
