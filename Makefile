@@ -1,5 +1,7 @@
 # openbess: the two commands. `make run` and `make test` do all the set-up on a fresh machine.
 SHELL := /bin/bash
+# Small linear algebra in many processes: one BLAS thread each is faster on a shared machine.
+export OPENBLAS_NUM_THREADS ?= 1
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

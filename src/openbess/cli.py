@@ -226,11 +226,14 @@ def run(
 
 
 def _register() -> None:
+    from openbess.cli_cell import characterize_command, estimate_command
     from openbess.cli_plan import plan
     from openbess.cli_report import report
 
     main.add_command(report)
     main.add_command(plan)
+    main.add_command(characterize_command)
+    main.add_command(estimate_command)
 
 
 _register()
