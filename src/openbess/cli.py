@@ -226,6 +226,7 @@ def run(
 
 
 def _register() -> None:
+    from openbess.cli_backtest import backtest
     from openbess.cli_cell import characterize_command, estimate_command
     from openbess.cli_plan import plan
     from openbess.cli_report import report
@@ -234,6 +235,7 @@ def _register() -> None:
     main.add_command(plan)
     main.add_command(characterize_command)
     main.add_command(estimate_command)
+    main.add_command(backtest)
 
 
 _register()

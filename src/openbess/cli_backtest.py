@@ -102,7 +102,7 @@ def _json_safe(value: Any) -> Any:
 @click.option(
     "--execution",
     type=click.Choice(["follow", "dispatch"]),
-    default="follow",
+    default="dispatch",
     show_default=True,
     help="follow: the battery follows the plan, the grid absorbs forecast errors; dispatch: "
     "the MPC strategy's real-time rules (balance, soak up PV surplus, grid limits).",
