@@ -85,6 +85,8 @@ class SocEstimator:
         self._rc_tau_s = np.ones((model.params.n_rc, 1))
         self._eta = 1.0
         self._refresh_in_s = 0.0
+        self._decay_dt_s = math.nan
+        self._decay = np.ones((model.params.n_rc, 1))
         grid = model.params.soc_grid
         self._grid = grid
         slope = np.gradient(model.ocv_ref_v, grid)
@@ -131,20 +133,31 @@ class SocEstimator:
         """Advance the RC voltages and the hysteresis state like the ECM does (zero-order hold)."""
         self._refresh_in_s -= dt_s
         if self._refresh_in_s <= 0.0:
-            # Table values at the pack's mean state, refreshed once a minute (they vary slowly).
+            # Table values at the pack's mean state; they vary slowly, so every 15 minutes.
             t_mean = np.array([float(np.nanmean(temperature_degc))])
             z_mean = np.array([float(np.nanmean(self.soc))])
             tab = self.model.tables(z_mean, t_mean)
             self._rc_r_ohm = tab[3:, :1]
             self._rc_tau_s = self.model.rc_tau(t_mean)
             self._eta = float(self.model.coulombic_efficiency(t_mean)[0])
-            self._refresh_in_s = 60.0
-        decay = np.exp(-dt_s / self._rc_tau_s)
+            self._refresh_in_s = 900.0
+            self._decay_dt_s = math.nan
+        if dt_s != self._decay_dt_s:
+            self._decay = np.exp(-dt_s / self._rc_tau_s)
+            self._decay_dt_s = dt_s
+        decay = self._decay
         v_inf = self._rc_r_ohm * i
         self.v_rc = v_inf + (self.v_rc - v_inf) * decay
-        q_as = 3600.0 * self.capacity_ah
-        eta = np.where(np.asarray(i) < 0.0, self._eta, 1.0)
-        x = np.abs(eta * i) * self.model.params.hysteresis_rate * dt_s / q_as
+        gamma_dt = self.model.params.hysteresis_rate * dt_s / 3600.0
+        if isinstance(i, float):
+            if i == 0.0:
+                return  # no current: the hysteresis state holds
+            rate = abs(i) * (self._eta if i < 0.0 else 1.0) * gamma_dt
+            h_one = -1.0 if i > 0.0 else 1.0
+            self.hysteresis = h_one + (self.hysteresis - h_one) * np.exp(-rate / self.capacity_ah)
+            return
+        eta = np.where(i < 0.0, self._eta, 1.0)
+        x = np.abs(eta * i) * gamma_dt / self.capacity_ah
         h_inf = -np.sign(i)
         self.hysteresis = h_inf + (self.hysteresis - h_inf) * np.exp(-x)
 
