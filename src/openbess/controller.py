@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -120,7 +121,7 @@ class Controller:
     recorder: Recorder | None = None
     dispatch_s: float = 1.0
     replan_s: float = 900.0
-    link_up: object = None
+    link_up: Callable[[], bool] | None = None
     counters: CycleCounters = field(default_factory=CycleCounters)
     telemetry: Telemetry | None = None
     site: SiteMeasurements | None = None
@@ -182,7 +183,7 @@ class Controller:
                 self._event(now_s, "ems", "dispatch_exception", "warning", repr(err))
         # 4. gate
         if command is not None:
-            if callable(self.link_up) and not self.link_up():
+            if self.link_up is not None and not self.link_up():
                 self.counters.commands_lost += 1
                 command = None
             else:

@@ -356,8 +356,6 @@ def inject_faults(site: Site, start_s: float, faults: Sequence[FaultSpec]) -> No
 def _start_s(config: SiteConfig, start: datetime | None) -> float:
     dt = start if start is not None else config.simulation.start
     if dt.tzinfo is None:
-        from zoneinfo import ZoneInfo
-
         dt = dt.replace(tzinfo=ZoneInfo(config.timezone))
     return dt.timestamp()
 

@@ -178,13 +178,12 @@ class BatteryManagementSystem:
         self.events: list[BmsEvent] = []
         #: Alarms raised (or escalated) so far, by code.
         self.alarm_counts: dict[str, int] = {}
+        self._nominal_wh = setup.cell.capacity_ah * setup.cell.nominal_voltage_v * setup.n_cells
         #: Diagnostics and warranty logbook (EU 2023/1542 Annex VII figures).
         self.logbook = Logbook(
             LogbookConfig(
                 nominal_capacity_ah=setup.cell.capacity_ah * setup.n_strings,
-                nominal_energy_wh=setup.cell.capacity_ah
-                * setup.cell.nominal_voltage_v
-                * setup.n_cells,
+                nominal_energy_wh=self._nominal_wh,
                 cell_voltage_min_v=setup.cell.voltage_min_v,
                 cell_voltage_max_v=setup.cell.voltage_max_v,
             )
@@ -215,7 +214,6 @@ class BatteryManagementSystem:
         mid = setup.cell.soc_grid.size // 2
         j = int(np.argmin(np.abs(setup.cell.temperature_grid_degc - 25.0)))
         self._r_cell_ohm = float(setup.cell.r0_ohm[j, mid] + setup.cell.rc_r_ohm[:, j, mid].sum())
-        self._nominal_wh = setup.cell.capacity_ah * setup.cell.nominal_voltage_v * setup.n_cells
         self._ones = np.ones(setup.n_cells)
         self._n_modules = setup.n_strings * setup.modules_per_string
         self._cells_per_module = setup.n_cells // self._n_modules
