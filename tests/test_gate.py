@@ -70,9 +70,52 @@ def test_out_of_order_and_expired_are_dropped_and_previous_stays():
 def test_sequence_numbers_are_per_source():
     gate = Gate()
     decide(gate, 0.0, Command(10, Mode.POWER, 1000.0, source="ems"))
-    early, _, dec = decide(gate, 1.0, Command(1, Mode.POWER, 2000.0, source="operator"))
+    early, _, dec = decide(
+        gate, 1.0, Command(1, Mode.POWER, 2000.0, valid_until_s=60.0, source="operator")
+    )
     assert early is None
     assert dec.granted_w == 2000.0
+
+
+def test_override_wins_until_it_expires_then_the_ems_applies_again():
+    gate = Gate(timeout_s=10.0)
+    decide(gate, 0.0, Command(1, Mode.POWER, 1000.0, source="ems"))
+    decide(gate, 1.0, Command(1, Mode.CHARGE, 3000.0, valid_until_s=30.0, source="modbus"))
+    # the EMS keeps sending; the override still wins
+    _, _, dec = decide(gate, 2.0, Command(2, Mode.POWER, 500.0, source="ems"))
+    assert (dec.source, dec.granted_w) == ("modbus", -3000.0)
+    assert gate.override is not None
+    # the override expires: the EMS command applies again (it is fresh)
+    _, _, dec = decide(gate, 30.0, Command(3, Mode.POWER, 700.0, source="ems"))
+    assert (dec.source, dec.granted_w) == ("ems", 700.0)
+    assert gate.override is None
+
+
+def test_override_is_not_subject_to_the_ems_timeout_but_limits_still_apply():
+    gate = Gate(timeout_s=5.0)
+    decide(gate, 0.0, Command(1, Mode.DISCHARGE, 9000.0, valid_until_s=100.0, source="mqtt"))
+    _, act, dec = decide(gate, 50.0, None)
+    assert (dec.outcome, dec.reason, dec.granted_w) == (
+        Outcome.CLAMPED,
+        Reason.DISCHARGE_LIMIT,
+        4000.0,
+    )
+    assert act.ac_power_setpoint_w == 4000.0
+    # no EMS command for 50 s: the EMS link age is still infinite
+    assert gate.command_age_s(50.0) == math.inf
+
+
+def test_override_without_expiry_is_refused_and_can_be_cancelled():
+    gate = Gate()
+    early = gate.submit(0.0, Command(1, Mode.POWER, 100.0, source="http"))
+    assert early is not None
+    assert (early.outcome, early.reason) == (Outcome.REFUSED, Reason.INVALID)
+    assert gate.override is None
+    gate.submit(0.0, Command(2, Mode.POWER, 100.0, valid_until_s=10.0, source="http"))
+    assert not gate.cancel_override("mqtt")
+    assert gate.cancel_override("http")
+    _, dec = gate.decide(1.0, LIMITS, 0.5)
+    assert dec.outcome is Outcome.SAFE_IDLE
 
 
 def test_active_command_expires_to_safe_idle():
@@ -135,7 +178,7 @@ commands = st.builds(
     power_w=anyfloat,
     valid_until_s=st.floats(min_value=-10, max_value=200, allow_nan=False),
     reserve_soc=st.floats(min_value=-0.5, max_value=1.5, allow_nan=False),
-    source=st.sampled_from(["ems", "operator"]),
+    source=st.sampled_from(["ems", "operator", "modbus"]),
 )
 limits_st = st.builds(
     Limits,

@@ -81,6 +81,7 @@ class Reason(StrEnum):
     OUT_OF_ORDER = "out_of_order"
     NO_COMMAND = "no_command"
     INVALID = "invalid"
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True, slots=True)

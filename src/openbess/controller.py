@@ -22,10 +22,13 @@ from openbess.contract import (
     ContactorRequest,
     GateDecision,
     Limits,
+    Outcome,
+    Reason,
     Telemetry,
 )
 from openbess.ems.strategy import Strategy
 from openbess.gate import Gate
+from openbess.io.hub import Hub, Pending
 from openbess.plant import Measurements, Plant, SiteMeasurements
 
 log = logging.getLogger(__name__)
@@ -112,6 +115,9 @@ class Controller:
         EMS re-plan period [s].
     link_up : callable or None
         Returns False while the EMS-BMS link is down (commands are lost in transit).
+    hub : Hub or None
+        Where outside interfaces queue their commands; they pass the same gate, after the
+        EMS's command of the cycle, and each gets its decision back.
     """
 
     plant: Plant
@@ -122,9 +128,11 @@ class Controller:
     dispatch_s: float = 1.0
     replan_s: float = 900.0
     link_up: Callable[[], bool] | None = None
+    hub: Hub | None = None
     counters: CycleCounters = field(default_factory=CycleCounters)
     telemetry: Telemetry | None = None
     site: SiteMeasurements | None = None
+    measurements: Measurements | None = None
     last_command: Command | None = None
     _first_cycle_s: float | None = None
     _next_dispatch_s: float = -math.inf
@@ -150,6 +158,7 @@ class Controller:
         self.plant.advance_to(now_s)
         meas, site = self.plant.read()
         self.site = site
+        self.measurements = meas
         # 2. BMS
         try:
             telemetry, limits = self.bms.update(
@@ -196,8 +205,19 @@ class Controller:
                         "info",
                         f"command {early.seq} from {early.source} {early.outcome.value}",
                     )
-        self.last_command = command
+        if command is not None:
+            self.last_command = command
+        waiting = self._take_external(now_s)
         gated, decision = self.gate.decide(now_s, limits, telemetry.soc)
+        for pending in waiting:
+            cmd = pending.command
+            if decision.source == cmd.source and decision.seq == cmd.seq:
+                Hub.answer(pending, decision)
+            else:  # a newer command from the same source replaced it within this cycle
+                Hub.answer(
+                    pending,
+                    GateDecision(Outcome.DROPPED, Reason.SUPERSEDED, cmd.seq, 0.0, 0.0, cmd.source),
+                )
         # 5. actuate
         self.plant.write(self.bms.actuation(gated))
         self.counters.gate = self.gate.counts
@@ -209,6 +229,27 @@ class Controller:
                 self.counters.log_errors += 1
                 log.exception("log phase failed at t=%.0f", now_s)
         return telemetry
+
+    def _take_external(self, now_s: float) -> list[Pending]:
+        """Submit the interfaces' queued commands; answer the early refusals at once."""
+        if self.hub is None:
+            return []
+        waiting: list[Pending] = []
+        for pending in self.hub.take_commands():
+            early = self.gate.submit(now_s, pending.command)
+            if early is None:
+                waiting.append(pending)
+                self.last_command = pending.command
+            else:
+                Hub.answer(pending, early)
+                self._event(
+                    now_s,
+                    "gate",
+                    early.reason.value,
+                    "info",
+                    f"command {early.seq} from {early.source} {early.outcome.value}",
+                )
+        return waiting
 
     def _link_age_s(self, now_s: float) -> float:
         # The link's age counts from the controller's start, not from the epoch.

@@ -5,12 +5,15 @@ cycle. The gate
 
 1. drops a command that is out of order (sequence number not above the last one seen from the
    same source) or already expired, and refuses one with unusable fields;
-2. falls back to safe idle (0 W) when no valid command arrived for ``timeout_s``, or when the
-   active command expired;
-3. refuses any power while the contactor is open or a protection trip is active, and refuses
+2. keeps two tiers: the EMS's own commands (source ``ems``) and overrides from anyone else
+   (operator, Modbus, MQTT, HTTP); a valid override wins over the EMS until it expires, then
+   the EMS's command applies again. An override must carry a finite ``valid_until_s``;
+3. falls back to safe idle (0 W) when no valid EMS command arrived for ``timeout_s`` (a lost
+   EMS link), or when the active command expired;
+4. refuses any power while the contactor is open or a protection trip is active, and refuses
    discharge at or below the command's reserve SoC;
-4. clamps the rest to this cycle's charge and discharge power limits;
-5. always passes this cycle's DC current limits to the converter as hard caps.
+5. clamps the rest to this cycle's charge and discharge power limits;
+6. always passes this cycle's DC current limits to the converter as hard caps.
 
 It is a small table of rules evaluated in that order; :class:`GateDecision` says which rule
 decided and is carried back to the EMS in the Telemetry.
@@ -25,6 +28,9 @@ from openbess.contract import Actuation, Command, GateDecision, Limits, Mode, Ou
 from openbess.errors import ContractError
 
 NO_DECISION = GateDecision(Outcome.SAFE_IDLE, Reason.NO_COMMAND, -1, 0.0, 0.0, "")
+
+#: The source of the EMS's own commands; every other source is an override.
+EMS_SOURCE = "ems"
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Gate:
     _last_seq: dict[str, int] = field(default_factory=dict)
     _active: Command | None = None
     _active_since_s: float = -math.inf
+    _override: Command | None = None
     last_decision: GateDecision = NO_DECISION
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -54,8 +61,13 @@ class Gate:
         self.last_decision = decision
         return decision
 
+    @property
+    def override(self) -> Command | None:
+        """The override in force (None when the EMS's command applies)."""
+        return self._override
+
     def command_age_s(self, now_s: float) -> float:
-        """Time since the last command became active [s] (inf if none yet).
+        """Time since the last EMS command became active [s] (inf if none yet).
 
         Parameters
         ----------
@@ -105,6 +117,15 @@ class Gate:
             return self._count(
                 GateDecision(Outcome.DROPPED, Reason.EXPIRED, command.seq, req, 0.0, command.source)
             )
+        if command.source != EMS_SOURCE:
+            if not math.isfinite(command.valid_until_s):
+                return self._count(
+                    GateDecision(
+                        Outcome.REFUSED, Reason.INVALID, command.seq, req, 0.0, command.source
+                    )
+                )
+            self._override = command
+            return None
         self._active = command
         self._active_since_s = now_s
         return None
@@ -137,6 +158,11 @@ class Gate:
         if math.isnan(chg_w) or math.isnan(dis_w) or math.isnan(chg_a) or math.isnan(dis_a):
             chg_w = dis_w = chg_a = dis_a = 0.0
 
+        override = self._override
+        if override is not None and override.valid_until_s <= now_s:
+            self._override = override = None
+        if override is not None:
+            return self._actuate(self._limit(override, limits, soc, chg_w, dis_w), chg_a, dis_a)
         cmd = self._active
         if cmd is None:
             decision = GateDecision(Outcome.SAFE_IDLE, Reason.NO_COMMAND, -1, 0.0, 0.0, "")
@@ -152,12 +178,35 @@ class Gate:
             self._active = None
         else:
             decision = self._limit(cmd, limits, soc, chg_w, dis_w)
+        return self._actuate(decision, chg_a, dis_a)
+
+    def _actuate(
+        self, decision: GateDecision, chg_a: float, dis_a: float
+    ) -> tuple[Actuation, GateDecision]:
         actuation = Actuation(
             ac_power_setpoint_w=decision.granted_w,
             charge_current_limit_a=chg_a,
             discharge_current_limit_a=dis_a,
         )
         return actuation, self._count(decision)
+
+    def cancel_override(self, source: str) -> bool:
+        """Withdraw the override of ``source`` (the EMS's command applies again).
+
+        Parameters
+        ----------
+        source : str
+            Source whose override to cancel.
+
+        Returns
+        -------
+        bool
+            True if an override of that source was in force.
+        """
+        if self._override is not None and self._override.source == source:
+            self._override = None
+            return True
+        return False
 
     @staticmethod
     def _limit(

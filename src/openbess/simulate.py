@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from openbess.controller import Controller
 from openbess.ems.strategy import SelfConsumption, Strategy
 from openbess.errors import ConfigError
 from openbess.gate import Gate
+from openbess.io.hub import Hub
+from openbess.io.runtime import Interface, serve_requests, snapshot_of
 from openbess.plant import Measurements, SiteMeasurements
 from openbess.storage import RunStore, pack_row
 from openbess.twin.faults import FaultKind
@@ -54,6 +57,7 @@ class StoreRecorder:
     def __init__(self, store: RunStore, bms: BatteryManagementSystem, db_path: Path) -> None:
         self.store = store
         self.bms = bms
+        self.hub: Hub | None = None
         run_id = store.run_id
         if run_id is None:  # pragma: no cover - start_run() is called first
             raise ValueError("start a run before recording")
@@ -79,6 +83,16 @@ class StoreRecorder:
         )
         for ev in self.bms.pop_events():
             self.store.record_event(ev.time_s, ev.kind, ev.code, ev.severity, ev.message)
+            if self.hub is not None:
+                self.hub.publish_event(
+                    {
+                        "time_s": ev.time_s,
+                        "kind": ev.kind,
+                        "code": ev.code,
+                        "severity": ev.severity,
+                        "message": ev.message,
+                    }
+                )
         self.logbook_writer.maybe_save(self.bms.logbook, telemetry.time_s)
 
     def close(self, time_s: float) -> None:
@@ -97,6 +111,17 @@ class StoreRecorder:
     ) -> None:
         """Append one event."""
         self.store.record_event(time_s, kind, code, severity, message, data)
+        if self.hub is not None:
+            self.hub.publish_event(
+                {
+                    "time_s": time_s,
+                    "kind": kind,
+                    "code": code,
+                    "severity": severity,
+                    "message": message,
+                    "data": data or {},
+                }
+            )
 
 
 def bms_cell_params(twin: SiteTwin) -> CellParams:
@@ -488,6 +513,9 @@ def run_realtime(
     clock: Clock | None = None,
     status: Callable[[str], None] | None = None,
     faults: Sequence[FaultSpec] = (),
+    hub: Hub | None = None,
+    interfaces: Sequence[Interface] = (),
+    ready: Callable[[Site], None] | None = None,
 ) -> dict[str, Any]:
     """Run the site in (scaled) real time until interrupted or ``duration_s`` wall seconds.
 
@@ -512,6 +540,13 @@ def run_realtime(
         Receives a one-line status about every 5 wall seconds (default: the log at INFO).
     faults : sequence of FaultSpec
         Faults to inject into the twin (times in simulated seconds after the start).
+    hub : Hub or None
+        Hub the interfaces talk through (created when interfaces are given). Setting its
+        ``stopped`` event stops the run (as SIGINT does).
+    interfaces : sequence of Interface
+        Outside interfaces to start before the first cycle and stop at the end.
+    ready : callable or None
+        Called with the assembled site before the first cycle.
 
     Returns
     -------
@@ -524,29 +559,59 @@ def run_realtime(
         db_path = Path(config.storage.path.format(site=config.name))
     site = build_site(config, start_s, step, db_path)
     inject_faults(site, start_s, faults)
+    if hub is None and interfaces:
+        hub = Hub(config.name)
+    if hub is not None:
+        hub.config = config
+        hub.db_path = db_path
+        site.controller.hub = hub
+        rec = site.controller.recorder
+        if isinstance(rec, StoreRecorder):
+            rec.hub = hub
     clk = clock if clock is not None else ScaledClock(start_s, speed)
-    stop = {"flag": False}
+    stop = hub.stopped if hub is not None else threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
-        stop["flag"] = True
+        stop.set()
 
-    old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     say = status if status is not None else log.info
     say(
         f"running site '{config.name}' at {speed:g}x real time, cycle {step:.3g} s, "
         f"logging to {db_path}; Ctrl-C stops"
     )
+    started: list[Interface] = []
+    try:
+        for iface in interfaces:
+            iface.start(hub)  # type: ignore[arg-type]  # hub is set when interfaces exist
+            started.append(iface)
+            say(f"{iface.name} interface started")
+    except Exception:
+        for iface in started:
+            iface.stop()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        site.finish(start_s, {})
+        raise
+    if ready is not None:
+        ready(site)
     tz = ZoneInfo(config.timezone)
     soc_start = site.twin.pack.soc
     wall0 = time.monotonic()
     now = start_s
     last_report = wall0
     try:
-        while not stop["flag"]:
+        while not stop.is_set():
             lag = clk.wait_until(now)
             if lag > step:
                 site.controller.counters.overruns += 1
             tel = site.controller.cycle(now)
+            if hub is not None:
+                serve_requests(site, hub, now)
+                if tel is not None:
+                    hub.publish(snapshot_of(site, tel, hub))
             wall = time.monotonic()
             if tel is not None and wall - last_report >= 5.0:
                 last_report = wall
@@ -561,6 +626,11 @@ def run_realtime(
                 break
             now += step
     finally:
+        for iface in reversed(started):
+            try:
+                iface.stop()
+            except Exception:
+                log.exception("could not stop the %s interface", iface.name)
         for s, h in old.items():
             signal.signal(s, h)
         kpis = run_kpis(site, soc_start, time.monotonic() - wall0)

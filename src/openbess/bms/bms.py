@@ -207,6 +207,7 @@ class BatteryManagementSystem:
         #: The monitoring summary the protection evaluated last (e.g. for a reset request).
         self.protection_inputs: ProtectionInputs | None = None
         self.contactor_out: ContactorOutput | None = None
+        self.contactor_inputs: ContactorInputs | None = None
         self.failed_at_s: float | None = None
         self.cell_soc: FloatArray = np.full(setup.n_cells, np.nan)
         #: Temperature the BMS attributes to each cell (its module's sensors) [degC].
@@ -408,19 +409,18 @@ class BatteryManagementSystem:
             allow_discharge=result.allow_discharge and estimated and was_closed,
         )
         close_request = not result.open_contactors and estimated and self.failed_at_s is None
-        c_out = self.contactor.step(
-            now_s,
-            ContactorInputs(
-                close_request=close_request,
-                trip=result.open_contactors,
-                pack_voltage_v=m.pack_voltage_v,
-                bus_voltage_v=m.bus_voltage_v,
-                # An untrusted current (e.g. read through the open contactor: an offset) must
-                # not make the machine call the contactor welded; its feedback decides.
-                current_a=pack_i if mon.current_trusted else math.nan,
-                feedback_closed=m.contactor_closed,
-            ),
+        c_in = ContactorInputs(
+            close_request=close_request,
+            trip=result.open_contactors,
+            pack_voltage_v=m.pack_voltage_v,
+            bus_voltage_v=m.bus_voltage_v,
+            # An untrusted current (e.g. read through the open contactor: an offset) must
+            # not make the machine call the contactor welded; its feedback decides.
+            current_a=pack_i if mon.current_trusted else math.nan,
+            feedback_closed=m.contactor_closed,
         )
+        self.contactor_inputs = c_in
+        c_out = self.contactor.step(now_s, c_in)
         self.contactor_out = c_out
         for cev in c_out.events:
             sev = "error" if "welded" in cev.code or "fail" in cev.code else "info"
@@ -554,6 +554,52 @@ class BatteryManagementSystem:
         """
         self.failed_at_s = now_s
         self.events.append(BmsEvent(now_s, "bms", "bms_exception", "error", repr(error)))
+
+    def latched(self) -> tuple[str, ...]:
+        """Faults that need an explicit reset: latched protection rows and a contactor fault."""
+        codes = list(self.protection.latched)
+        if self.contactor.state is ContactorState.FAULT:
+            codes.append(self.contactor.fault_code or "contactor_fault")
+        return tuple(codes)
+
+    def reset_fault(self, code: str, now_s: float) -> tuple[bool, str]:
+        """Reset a latched fault (``all``: every one), refused while its cause persists.
+
+        Parameters
+        ----------
+        code : str
+            Alarm code (as in :meth:`latched`), or ``all``.
+        now_s : float
+            Time of the request [s, Unix UTC].
+
+        Returns
+        -------
+        ok : bool
+            True if every requested fault was released.
+        message : str
+            What was done, or why not (naming the fault and the value that persists).
+        """
+        latched = self.latched()
+        if not latched:
+            return False, "no latched fault"
+        todo = latched if code == "all" else (code,)
+        if code != "all" and code not in latched:
+            return False, f"{code} is not latched (latched: {', '.join(latched)})"
+        ok_all, messages = True, []
+        for c in todo:
+            if c in self.protection.latched:
+                if self.protection_inputs is None:
+                    ok, msg = False, f"{c}: no measurement yet"
+                else:
+                    ok, msg = self.protection.reset(c, now_s, self.protection_inputs)
+            elif self.contactor_inputs is None:
+                ok, msg = False, f"{c}: no measurement yet"
+            else:
+                ok, msg = self.contactor.reset(now_s, self.contactor_inputs)
+            ok_all = ok_all and ok
+            messages.append(msg)
+            self.events.append(BmsEvent(now_s, "reset", c, "info" if ok else "warning", msg))
+        return ok_all, "; ".join(messages)
 
     def pop_events(self) -> list[BmsEvent]:
         """Return and clear the events gathered since the last call."""
