@@ -30,8 +30,18 @@ test: $(STAMP) services
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -n 2 -q
 
+# Real peers for the interface tests: Debian's mosquitto (MQTT broker and clients) and
+# chromium (headless browser for the dashboard tests). Installed only when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 services:
-	@true
+	@if [ -x /usr/sbin/mosquitto ] && command -v mosquitto_sub >/dev/null && command -v chromium >/dev/null; then \
+		true; \
+	else \
+		echo "installing Debian packages: mosquitto mosquitto-clients chromium"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			mosquitto mosquitto-clients chromium >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts

@@ -191,6 +191,18 @@ def _print_kpis(kpis: dict[str, Any]) -> None:
     default=None,
     help="Stop after this many wall seconds (default: run until Ctrl-C).",
 )
+@click.option("--modbus", default=None, metavar="HOST:PORT", help="Serve SunSpec Modbus TCP.")
+@click.option(
+    "--mqtt",
+    default=None,
+    metavar="mqtt://[USER:PASS@]HOST:PORT",
+    help="Publish to / take commands from an MQTT broker (mqtts:// for TLS).",
+)
+@click.option(
+    "--http", default=None, metavar="HOST:PORT", help="Serve the REST API, metrics, dashboard."
+)
+@click.option("--can", default=None, metavar="INTERFACE:CHANNEL", help="Read a real BMS over CAN.")
+@click.option("--openadr", default=None, metavar="URL", help="Join an OpenADR 2.0b VTN.")
 def run(
     site: str,
     speed: float,
@@ -198,13 +210,24 @@ def run(
     db_path: str | None,
     fault_specs: tuple[str, ...],
     duration_s: float | None,
+    modbus: str | None,
+    mqtt: str | None,
+    http: str | None,
+    can: str | None,
+    openadr: str | None,
 ) -> None:
-    """Run the controller on the site in (scaled) real time: the main job."""
+    """Run the controller on the site in (scaled) real time: the main job.
+
+    Interfaces are enabled by the site file's [interfaces] section or by the endpoint
+    options, which override it.
+    """
+    from openbess.io import with_endpoints
+    from openbess.io.factory import build_interfaces
     from openbess.simulate import run_realtime
 
     faults = _parse_faults(fault_specs)
     try:
-        cfg = load_site(site)
+        cfg = with_endpoints(load_site(site), modbus, mqtt, http, can, openadr)
         kpis = run_realtime(
             cfg,
             speed=speed,
@@ -213,8 +236,9 @@ def run(
             duration_s=duration_s,
             status=lambda line: click.echo(line, err=True),
             faults=faults,
+            interfaces=build_interfaces(cfg),
         )
-    except (OpenBessError, ValueError) as err:
+    except (OpenBessError, ValueError, OSError) as err:
         _fail(err)
         return
     click.echo(

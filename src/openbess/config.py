@@ -171,6 +171,84 @@ class StorageConfig(_Model):
     cell_log_interval_s: float = Field(300.0, gt=0, le=86400)
 
 
+class ModbusConfig(_Model):
+    """SunSpec Modbus TCP server (``openbess run --modbus HOST:PORT``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(5020, ge=0, le=65535)
+    unit_id: int = Field(1, ge=1, le=247)
+    writes_enabled: bool = False
+    allowed_clients: list[str] = ["127.0.0.1"]
+    heartbeat_timeout_s: float = Field(60.0, gt=0, le=3600)
+
+
+class MqttConfig(_Model):
+    """MQTT client with Home Assistant discovery (``openbess run --mqtt mqtt://HOST:PORT``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=0, le=65535)
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_insecure: bool = False
+    prefix: str = "openbess"
+    discovery_prefix: str = "homeassistant"
+    discovery: bool = True
+    commands_enabled: bool = True
+    publish_interval_s: float = Field(1.0, gt=0, le=3600)
+    client_id: str | None = None
+    queue_max: int = Field(100000, ge=10)
+
+
+class HttpConfig(_Model):
+    """REST API, metrics and dashboard (``openbess run --http HOST:PORT``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    token: str | None = None
+    token_env: str = "OPENBESS_TOKEN"
+
+
+class CanConfig(_Model):
+    """CAN link to a real BMS (``openbess run --can INTERFACE:CHANNEL``)."""
+
+    enabled: bool = False
+    interface: str = "virtual"
+    channel: str = "vcan0"
+    bitrate: int = Field(500000, gt=0)
+    dbc: str = "foxbms"
+    stale_timeout_s: float = Field(2.0, gt=0, le=60)
+
+
+class OpenAdrConfig(_Model):
+    """OpenADR 2.0b VEN (``openbess run --openadr URL``)."""
+
+    enabled: bool = False
+    vtn_url: str = "http://127.0.0.1:8080/OpenADR2/Simple/2.0b"
+    ven_name: str = "openbess"
+    vtn_fingerprint: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    opt_in: bool = True
+    report_interval_s: float = Field(60.0, gt=0)
+
+
+class InterfacesConfig(_Model):
+    """Outside interfaces; all off by default."""
+
+    modbus: ModbusConfig = ModbusConfig()
+    mqtt: MqttConfig = MqttConfig()
+    http: HttpConfig = HttpConfig()
+    can: CanConfig = CanConfig()
+    openadr: OpenAdrConfig = OpenAdrConfig()
+
+
 class SiteConfig(_Model):
     """A whole site: battery, converter, PV, load, grid, BMS, EMS."""
 
@@ -189,6 +267,7 @@ class SiteConfig(_Model):
     simulation: SimulationConfig = SimulationConfig()
     storage: StorageConfig = StorageConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
+    interfaces: InterfacesConfig = InterfacesConfig()
 
     @field_validator("timezone")
     @classmethod

@@ -565,6 +565,8 @@ def run_realtime(
         hub.config = config
         hub.db_path = db_path
         site.controller.hub = hub
+        if hasattr(site.controller.strategy, "events"):  # grid events reach the EMS
+            site.controller.strategy.events = hub.grid_events
         rec = site.controller.recorder
         if isinstance(rec, StoreRecorder):
             rec.hub = hub
