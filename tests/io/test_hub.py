@@ -36,12 +36,14 @@ def test_an_operator_command_overrides_the_ems_and_is_clamped_by_the_bms(running
     snap = hub.latest()
     assert dec.granted_w <= snap.telemetry.discharge_power_limit_w + 1e-6
     snap = _until(running_home, lambda s: s.telemetry.gate.source == "operator")
-    assert snap.command is not None and snap.command.source == "operator"
+    assert snap.command is not None
+    assert snap.command.source == "operator"
     # cancelled by an idle command from the same source with a short validity
     dec = hub.submit(
         Command(2, Mode.IDLE, 0.0, valid_until_s=snap.time_s + 2.0, source="operator"), wait_s=10
     )
-    assert dec is not None and dec.granted_w == 0.0
+    assert dec is not None
+    assert dec.granted_w == 0.0
     _until(running_home, lambda s: s.telemetry.gate.source == "ems")
 
 
@@ -49,11 +51,14 @@ def test_bad_commands_are_refused_counted_and_change_nothing(running_home):
     hub = running_home.hub
     before = hub.latest().telemetry.gate
     dec = hub.submit(Command(1, Mode.POWER, math.nan, valid_until_s=1e12, source="mqtt"), 10)
-    assert dec is not None and (dec.outcome, dec.reason) == (Outcome.REFUSED, Reason.INVALID)
+    assert dec is not None
+    assert (dec.outcome, dec.reason) == (Outcome.REFUSED, Reason.INVALID)
     dec = hub.submit(Command(5, Mode.POWER, 100.0, source="mqtt"), 10)  # no expiry
-    assert dec is not None and dec.outcome is Outcome.REFUSED
+    assert dec is not None
+    assert dec.outcome is Outcome.REFUSED
     dec = hub.submit(Command(9, Mode.POWER, 100.0, valid_until_s=1e12, source="ems"), 10)
-    assert dec is not None and dec.outcome is Outcome.REFUSED
+    assert dec is not None
+    assert dec.outcome is Outcome.REFUSED
     assert hub.rejected() == {"ems.reserved_source": 1}
     after = _until(running_home, lambda s: True).telemetry.gate
     assert after.source == before.source == "ems"
@@ -72,13 +77,16 @@ def test_flood_beyond_the_queue_is_refused_and_counted():
 def test_fault_drill_and_refused_reset(running_home):
     hub = running_home.hub
     ok, msg = hub.request_drill("no_such_fault", "http", wait_s=10)
-    assert not ok and "no_such_fault" in msg
+    assert not ok
+    assert "no_such_fault" in msg
     ok, msg = hub.request_reset("all", "http", wait_s=10)
-    assert not ok and msg == "no latched fault"
+    assert not ok
+    assert msg == "no latched fault"
     ok, msg = hub.request_drill("welded_contactor", "http", wait_s=10)
     assert ok, msg
     ok, msg = hub.request_drill("welded_contactor", "http", wait_s=10, clear=True)
-    assert ok and "cleared" in msg
+    assert ok
+    assert "cleared" in msg
 
 
 def test_grid_events_are_validated_and_listed():
