@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SITE ?= home
 SPEED ?= 1440
+HTTP ?= 127.0.0.1:8000
 
 .PHONY: run test lint typecheck pytest bench clean services
 
@@ -19,9 +20,10 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-## run: create the venv, install, start the demo site (home, 1 day per minute)
+## run: create the venv, install, start the demo site (home, 1 day per minute, optimiser as
+## EMS) with the live dashboard on http://$(HTTP)
 run: $(STAMP)
-	$(VENV)/bin/openbess run --site $(SITE) --speed $(SPEED)
+	$(VENV)/bin/openbess run --site $(SITE) --speed $(SPEED) --strategy mpc --http $(HTTP)
 
 ## test: install dev extras and services, then lint, type-check and the whole test suite
 test: $(STAMP) services

@@ -203,6 +203,12 @@ def _print_kpis(kpis: dict[str, Any]) -> None:
 )
 @click.option("--can", default=None, metavar="INTERFACE:CHANNEL", help="Read a real BMS over CAN.")
 @click.option("--openadr", default=None, metavar="URL", help="Join an OpenADR 2.0b VTN.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["self_consumption", "mpc"]),
+    default=None,
+    help="EMS strategy (overrides the site file's ems.strategy).",
+)
 def run(
     site: str,
     speed: float,
@@ -215,6 +221,7 @@ def run(
     http: str | None,
     can: str | None,
     openadr: str | None,
+    strategy: str | None,
 ) -> None:
     """Run the controller on the site in (scaled) real time: the main job.
 
@@ -228,6 +235,8 @@ def run(
     faults = _parse_faults(fault_specs)
     try:
         cfg = with_endpoints(load_site(site), modbus, mqtt, http, can, openadr)
+        if strategy is not None:
+            cfg = cfg.model_copy(update={"ems": cfg.ems.model_copy(update={"strategy": strategy})})
         kpis = run_realtime(
             cfg,
             speed=speed,

@@ -10,6 +10,7 @@ import json
 import math
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -123,6 +124,13 @@ def _json_safe(value: Any) -> Any:
     help="Also write the inputs used (CSV, same format as --inputs).",
 )
 @click.option(
+    "--series",
+    "series_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the executed series (CSV) for `openbess report run --backtest`.",
+)
+@click.option(
     "--no-perfect",
     is_flag=True,
     help="Skip the single-shot perfect-foresight reference (no capture_ratio).",
@@ -141,6 +149,7 @@ def backtest(
     as_json: bool,
     plot_path: str | None,
     write_inputs: str | None,
+    series_path: str | None,
     no_perfect: bool,
     no_progress: bool,
 ) -> None:
@@ -202,6 +211,10 @@ def backtest(
         result = run_backtest(config, frame, options)
         if plot_path is not None:
             plot_backtest(result, plot_path)
+        if series_path is not None:
+            from openbess.report_run import write_backtest_series
+
+            write_backtest_series(result.frame, Path(series_path), tz=config.timezone)
     except (OpenBessError, ValueError, OSError) as err:
         _fail(err)
         return

@@ -3,7 +3,8 @@
 :func:`warranty_report` reads the newest logbook snapshot of a run (see
 :mod:`openbess.bms.logbook`), the run's events and KPIs, and returns one JSON-serialisable
 mapping; :func:`render` turns it into JSON, CSV (``name,value,unit`` rows) or a single
-self-contained HTML page (inline CSS, histograms as heat tables and inline SVG; no external
+self-contained HTML page (inline CSS; the 2-D histograms as inline SVG heat maps next to their
+heat tables, the rainflow counts as an SVG bar chart and the SoH as an SVG line; no external
 assets).
 """
 
@@ -307,6 +308,76 @@ def _heat_table(h: dict[str, Any], title: str) -> str:
     return "".join(out)
 
 
+def _heat_svg(h: dict[str, Any], title: str) -> str:
+    """A 2-D time histogram as an inline SVG heat map (x bins across, temperature bins up).
+
+    Shading as in :func:`_heat_table` (opacity grows with log(1 + time)); each cell's tooltip
+    gives its hours; a legend shows the shades of 0, 1/100, 1/10 and all of the largest bin.
+    """
+    xl, yl = _bin_labels(h["x_edges"]), _bin_labels(h["y_edges"])
+    data: list[list[float]] = h["time_s"]
+    vmax = max((v for row in data for v in row), default=0.0)
+    nx, ny = len(xl), len(yl)
+    left, top, bottom, legend_w = 78, 10, 64, 120
+    cw = max(12.0, min(44.0, (720 - left - legend_w) / max(nx, 1)))
+    ch = 18.0
+    w = left + cw * nx + legend_w
+    hh = top + ch * ny + bottom
+
+    def alpha(v: float) -> float:
+        return 0.0 if vmax <= 0 or v <= 0 else 0.1 + 0.9 * math.log1p(v) / math.log1p(vmax)
+
+    parts = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{w:.0f}' height='{hh:.0f}' "
+        f"viewBox='0 0 {w:.0f} {hh:.0f}' role='img' aria-label='{html.escape(title)}'>",
+        f"<rect x='{left}' y='{top}' width='{cw * nx:.1f}' height='{ch * ny:.1f}' "
+        "fill='none' stroke='#444'/>",
+    ]
+    for i in range(nx):
+        x = left + i * cw
+        for j in range(ny):
+            v = float(data[i][j])
+            y = top + (ny - 1 - j) * ch
+            parts.append(
+                f"<rect x='{x:.1f}' y='{y:.1f}' width='{cw:.1f}' height='{ch:.1f}' "
+                f"fill='rgb(214,39,40)' fill-opacity='{alpha(v):.3f}' stroke='#eee' "
+                f"stroke-width='0.5'><title>{html.escape(xl[i])}, {html.escape(yl[j])}: "
+                f"{v / 3600.0:.4g} h</title></rect>"
+            )
+        cx, cy = x + cw / 2, top + ch * ny + 8
+        parts.append(
+            f"<text x='{cx:.1f}' y='{cy:.1f}' font-size='9' text-anchor='end' "
+            f"transform='rotate(-60 {cx:.1f} {cy:.1f})'>{html.escape(xl[i])}</text>"
+        )
+    for j in range(ny):
+        y = top + (ny - 1 - j) * ch + ch / 2 + 3
+        parts.append(
+            f"<text x='{left - 4}' y='{y:.1f}' font-size='9' text-anchor='end'>"
+            f"{html.escape(yl[j])}</text>"
+        )
+    parts.append(
+        f"<text x='{left + cw * nx / 2:.1f}' y='{hh - 2:.0f}' font-size='10' "
+        f"text-anchor='middle'>{html.escape(h['x_name'])} [{html.escape(h['x_unit'])}]</text>"
+    )
+    parts.append(
+        f"<text x='10' y='{top + ch * ny / 2:.1f}' font-size='10' text-anchor='middle' "
+        f"transform='rotate(-90 10 {top + ch * ny / 2:.1f})'>{html.escape(h['y_name'])} "
+        f"[{html.escape(h['y_unit'])}]</text>"
+    )
+    lx = left + cw * nx + 16
+    parts.append(f"<text x='{lx}' y='{top + 8}' font-size='9'>time per bin [h]</text>")
+    for k, frac in enumerate((1.0, 0.1, 0.01, 0.0)):
+        v = vmax * frac
+        y = top + 16 + k * 20
+        parts.append(
+            f"<rect x='{lx}' y='{y}' width='16' height='14' fill='rgb(214,39,40)' "
+            f"fill-opacity='{alpha(v):.3f}' stroke='#999' stroke-width='0.5'/>"
+            f"<text x='{lx + 22}' y='{y + 11}' font-size='9'>{v / 3600.0:.3g}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def _bar_svg(labels: Sequence[str], values: Sequence[float], unit: str) -> str:
     """Vertical bar chart as inline SVG."""
     n = max(len(values), 1)
@@ -435,8 +506,10 @@ def render_html(report: dict[str, Any]) -> str:
     hs = report["histograms"]
     parts += [
         "<h2>Time at SoC and temperature</h2>",
+        _heat_svg(hs["soc_temperature"], "Time at SoC and temperature"),
         _heat_table(hs["soc_temperature"], "Time at (SoC, mean cell temperature)"),
         "<h2>Time at C-rate and temperature</h2>",
+        _heat_svg(hs["c_rate_temperature"], "Time at C-rate and temperature"),
         _heat_table(
             hs["c_rate_temperature"],
             "Time at (C-rate, positive = discharge; mean cell temperature)",

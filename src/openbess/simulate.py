@@ -589,7 +589,8 @@ def run_realtime(
         for iface in interfaces:
             iface.start(hub)  # type: ignore[arg-type]  # hub is set when interfaces exist
             started.append(iface)
-            say(f"{iface.name} interface started")
+            where = getattr(iface, "url", None)
+            say(f"{iface.name} interface started" + (f": {where}" if where else ""))
     except Exception:
         for iface in started:
             iface.stop()

@@ -19,5 +19,10 @@ def build_interfaces(config: SiteConfig) -> list[Interface]:
     list of Interface
         In start order.
     """
+    iface = config.interfaces
     out: list[Interface] = []
+    if iface.http.enabled:
+        from openbess.io.http import HttpServer
+
+        out.append(HttpServer(iface.http))
     return out

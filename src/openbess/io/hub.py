@@ -135,7 +135,8 @@ class Snapshot:
     counters : dict
         Loop and interface counters (cycles, errors, gate outcomes, rejected input).
     alarm_severity : dict
-        Active alarm code -> severity (``warn``, ``derate``, ``open``).
+        Active alarm code (bare, without the ``:tier`` of ``Telemetry.alarms``) -> severity
+        (``warning``, ``derate``, ``trip``).
     latched : tuple of str
         Faults that need a reset.
     """
