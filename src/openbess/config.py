@@ -181,6 +181,7 @@ class ModbusConfig(_Model):
     writes_enabled: bool = False
     allowed_clients: list[str] = ["127.0.0.1"]
     heartbeat_timeout_s: float = Field(60.0, gt=0, le=3600)
+    default_revert_s: float = Field(300.0, gt=0, le=86400)
 
 
 class MqttConfig(_Model):
@@ -235,6 +236,7 @@ class OpenAdrConfig(_Model):
     vtn_fingerprint: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    ca_file: str | None = None
     opt_in: bool = True
     report_interval_s: float = Field(60.0, gt=0)
 

@@ -101,3 +101,28 @@ def test_grid_events_are_validated_and_listed():
     assert [e.event_id for e in hub.grid_events(now_s=15.0)] == ["b"]
     assert hub.cancel_event("openadr", "b")
     assert not hub.cancel_event("openadr", "b")
+
+
+def test_cancel_override_and_interface_events_reach_the_loop_and_the_database(running_home):
+    import sqlite3
+
+    hub = running_home.hub
+    seen: list[dict] = []
+    hub.subscribe_events(seen.append)
+    now = hub.latest().time_s
+    dec = hub.submit(
+        Command(1, Mode.CHARGE, 500.0, valid_until_s=now + 3600.0, source="operator"), wait_s=10
+    )
+    assert dec is not None
+    assert dec.source == "operator"
+    hub.cancel_override("operator")
+    hub.log_event("modbus", "heartbeat_lost", "warning", "no heartbeat for 60 s")
+    _until(running_home, lambda s: s.telemetry.gate.source == "ems")
+    _until(running_home, lambda s: any(e["code"] == "heartbeat_lost" for e in seen))
+    codes = {e["code"] for e in seen}
+    assert {"override_cancelled", "heartbeat_lost"} <= codes
+    hub.unsubscribe_events(seen.append)
+    running_home.stop()
+    with sqlite3.connect(running_home.db_path) as db:
+        rows = {r[0] for r in db.execute("SELECT code FROM events")}
+    assert {"override_cancelled", "heartbeat_lost"} <= rows

@@ -265,6 +265,8 @@ class Hub:
         self._subscribers: list[Callable[[Snapshot], None]] = []
         self._event_subscribers: list[Callable[[dict[str, Any]], None]] = []
         self._heartbeats: dict[str, float] = {}
+        self._cancels: deque[str] = deque()
+        self._log: deque[dict[str, Any]] = deque(maxlen=10000)
         self._cycle = threading.Condition(self._lock)
         self.stopped = threading.Event()
 
@@ -318,6 +320,20 @@ class Hub:
         pending.decision = decision
         pending.done.set()
 
+    def take_cancels(self) -> list[str]:
+        """Remove and return the sources whose override is to be cancelled (called by the loop)."""
+        with self._lock:
+            out = list(self._cancels)
+            self._cancels.clear()
+        return out
+
+    def take_log(self) -> list[dict[str, Any]]:
+        """Remove and return the events the interfaces logged (the loop records them)."""
+        with self._lock:
+            out = list(self._log)
+            self._log.clear()
+        return out
+
     def take_resets(self) -> list[ResetRequest]:
         """Remove and return the queued reset requests (called by the loop)."""
         with self._lock:
@@ -370,6 +386,48 @@ class Hub:
         """Call ``fn(snapshot)`` after every cycle, in the loop's thread: keep it short."""
         with self._lock:
             self._subscribers.append(fn)
+
+    def unsubscribe(self, fn: Callable[[Snapshot], None]) -> None:
+        """Stop calling ``fn`` after every cycle (no error if it was not subscribed)."""
+        with self._lock:
+            if fn in self._subscribers:
+                self._subscribers.remove(fn)
+
+    def unsubscribe_events(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        """Stop calling ``fn`` for events (no error if it was not subscribed)."""
+        with self._lock:
+            if fn in self._event_subscribers:
+                self._event_subscribers.remove(fn)
+
+    def cancel_override(self, source: str) -> None:
+        """Withdraw the override of ``source`` at the next cycle: the EMS's command applies."""
+        with self._lock:
+            self._cancels.append(source)
+
+    def log_event(
+        self, kind: str, code: str, severity: str, message: str, time_s: float | None = None
+    ) -> None:
+        """Record an interface event (e.g. a lost heartbeat) in the run database.
+
+        The loop writes it at the next cycle (site time of that cycle unless ``time_s`` is
+        given) and passes it to the event subscribers.
+
+        Parameters
+        ----------
+        kind, code, severity, message : str
+            As for every event (severity ``info``, ``warning`` or ``error``).
+        time_s : float or None
+            Site time of the event [s, Unix UTC].
+        """
+        event: dict[str, Any] = {
+            "time_s": time_s,
+            "kind": kind,
+            "code": code,
+            "severity": severity,
+            "message": message,
+        }
+        with self._lock:
+            self._log.append(event)
 
     def subscribe_events(self, fn: Callable[[dict[str, Any]], None]) -> None:
         """Call ``fn(event)`` for every event, in the loop's thread: keep it short."""

@@ -137,6 +137,16 @@ def serve_requests(site: Site, hub: Hub, now_s: float) -> None:
     """
     from openbess.simulate import parse_fault  # late: simulate imports the controller
 
+    for source in hub.take_cancels():
+        if site.controller.gate.cancel_override(source):
+            _record(site, now_s, "gate", "override_cancelled", "info", f"{source} override ended")
+    for ev in hub.take_log():
+        t = ev["time_s"] if ev["time_s"] is not None else now_s
+        if site.controller.recorder is not None:
+            _record(site, t, ev["kind"], ev["code"], ev["severity"], ev["message"])
+        else:
+            hub.publish_event({**ev, "time_s": t})
+
     for req in hub.take_resets():
         ok, msg = site.bms.reset_fault(req.code, now_s)
         log.info("reset %s from %s: %s", req.code, req.source, msg)
@@ -167,5 +177,6 @@ def serve_requests(site: Site, hub: Hub, now_s: float) -> None:
 
 
 def _record(site: Site, now_s: float, kind: str, code: str, severity: str, message: str) -> None:
-    if site.store is not None:
-        site.store.record_event(now_s, kind, code, severity, message)
+    rec = site.controller.recorder  # writes the run database and wakes event subscribers
+    if rec is not None:
+        rec.record_event(now_s, kind, code, severity, message)
