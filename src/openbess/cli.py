@@ -229,7 +229,6 @@ def run(
     options, which override it.
     """
     from openbess.io import with_endpoints
-    from openbess.io.factory import build_interfaces
     from openbess.simulate import run_realtime
 
     faults = _parse_faults(fault_specs)
@@ -245,7 +244,6 @@ def run(
             duration_s=duration_s,
             status=lambda line: click.echo(line, err=True),
             faults=faults,
-            interfaces=build_interfaces(cfg),
         )
     except (OpenBessError, ValueError, OSError) as err:
         _fail(err)

@@ -202,8 +202,9 @@ class MqttConfig(_Model):
     discovery: bool = True
     commands_enabled: bool = True
     publish_interval_s: float = Field(1.0, gt=0, le=3600)
+    command_duration_s: float = Field(900.0, gt=0, le=86400)
     client_id: str | None = None
-    queue_max: int = Field(100000, ge=10)
+    queue_max: int = Field(10000, ge=10)
 
 
 class HttpConfig(_Model):

@@ -514,7 +514,7 @@ def run_realtime(
     status: Callable[[str], None] | None = None,
     faults: Sequence[FaultSpec] = (),
     hub: Hub | None = None,
-    interfaces: Sequence[Interface] = (),
+    interfaces: Sequence[Interface] | None = None,
     ready: Callable[[Site], None] | None = None,
 ) -> dict[str, Any]:
     """Run the site in (scaled) real time until interrupted or ``duration_s`` wall seconds.
@@ -543,8 +543,9 @@ def run_realtime(
     hub : Hub or None
         Hub the interfaces talk through (created when interfaces are given). Setting its
         ``stopped`` event stops the run (as SIGINT does).
-    interfaces : sequence of Interface
-        Outside interfaces to start before the first cycle and stop at the end.
+    interfaces : sequence of Interface or None
+        Outside interfaces to start before the first cycle and stop at the end (None: those
+        that the site's ``[interfaces]`` section enables).
     ready : callable or None
         Called with the assembled site before the first cycle.
 
@@ -559,6 +560,10 @@ def run_realtime(
         db_path = Path(config.storage.path.format(site=config.name))
     site = build_site(config, start_s, step, db_path)
     inject_faults(site, start_s, faults)
+    if interfaces is None:
+        from openbess.io.factory import build_interfaces
+
+        interfaces = build_interfaces(config, site, speed)
     if hub is None and interfaces:
         hub = Hub(config.name)
     if hub is not None:
