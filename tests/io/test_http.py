@@ -131,7 +131,7 @@ def test_status_health_plan_and_forecasts(site, client):
 def test_history_and_events_come_from_the_run_database(site, client):
     run, _ = site
     t_now = run.hub.latest().time_s
-    h = _until(lambda: client.get("/api/v1/history").json(), lambda h: len(h["time_s"]) >= 5)
+    h = _until(lambda: client.get("/api/v1/history").json(), lambda h: len(h["time_s"]) >= 25)
     assert h["run_id"] == 1
     assert h["bucket_s"] is None
     times = h["time_s"]
