@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -150,25 +151,9 @@ def command_dict(c: Command | None) -> dict[str, Any] | None:
     }
 
 
-_TELEMETRY_FLOATS = (
-    "soc",
-    "soc_cell_min",
-    "soc_cell_max",
-    "soh",
-    "energy_available_wh",
-    "capacity_wh",
-    "pack_voltage_v",
-    "pack_current_a",
-    "cell_voltage_min_v",
-    "cell_voltage_max_v",
-    "cell_voltage_avg_v",
-    "temperature_min_degc",
-    "temperature_max_degc",
-    "temperature_avg_degc",
-    "charge_current_limit_a",
-    "discharge_current_limit_a",
-    "charge_power_limit_w",
-    "discharge_power_limit_w",
+#: The float fields of the contract's Telemetry, in contract order (time_s is given apart).
+_TELEMETRY_FLOATS = tuple(
+    f.name for f in fields(Telemetry) if f.type == "float" and f.name != "time_s"
 )
 
 
