@@ -6,8 +6,11 @@ error; the RMSE is taken after the first 10 minutes. Estimators:
 
 - ``spkf``: :class:`openbess.bms.kalman.SocKalmanFilter`, sigma-point, with the current-offset
   state (the default configuration);
-- ``spkf_no_bias``: the same without the offset state;
-- ``ekf``: the same model and tuning, plain extended Kalman filter;
+- ``bms_online``: :class:`openbess.bms.estimator.OnlineEstimator`, the same filter as the BMS
+  runs it (coulomb count every sample, full update every 5 s, the BMS's default);
+- ``spkf_no_bias``: the sigma-point filter without the offset state;
+- ``ekf``: the default model and tuning with the extended Kalman filter's linearisation;
+- ``ekf_plain``: plain EKF, no offset state;
 - ``coulomb_counting``: charge counting from the same wrong start;
 - ``cc_ocv_rest``: :class:`openbess.bms.estimator.SocEstimator` (coulomb counting with OCV
   correction after 30 min rests; it starts from the first voltage reading, not from the
@@ -35,8 +38,9 @@ start at the sample where the true SoC first falls below 0.6, 20 % low) - on a f
 the hard case, since no voltage region there is informative.
 
 Speed: one filter update for 100,000 cells (LFP set with four temperatures, per-cell
-temperatures 15-35 degC): median wall time and CPU time of the process over repeated updates,
-with the machine's load average (the wall time on a shared machine includes waiting).
+temperatures 15-35 degC), compiled (the default) and with numpy: median wall time and CPU time
+of the process over repeated updates, with the machine's load average (the wall time on a
+shared machine includes waiting).
 
 Usage: ``python benchmarks/soc_estimation.py [--no-pybamm] [--cells 100000] [--quick]``.
 PyBaMM is the optional ``bench`` extra; nothing is cached.
@@ -61,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from openbess.bms.estimator import SocEstimator
+from openbess.bms.estimator import OnlineEstimator, SocEstimator
 from openbess.bms.kalman import KalmanConfig, SocKalmanFilter, replay
 from openbess.cell.characterize import characterize
 from openbess.cell.ecm import CellModel
@@ -96,11 +100,16 @@ def run_filters(
         "spkf": KalmanConfig(),
         "spkf_no_bias": KalmanConfig(estimate_bias=False),
         "ekf": KalmanConfig(method="ekf"),
+        "ekf_plain": KalmanConfig(method="ekf", estimate_bias=False),
     }
     filters = {k: SocKalmanFilter(model, cells, c) for k, c in configs.items()}
-    out = {k: np.empty((n, cells)) for k in (*configs, "spkf_std", "cc_ocv_rest")}
+    names = (*configs, "bms_online", "spkf_std", "cc_ocv_rest")
+    out = {k: np.empty((n, cells)) for k in names}
     for f in filters.values():
         f.initialise(soc0, INITIAL_ERROR)
+    # The BMS's estimator, each column a string of one cell, started at the same wrong SoC.
+    online = OnlineEstimator(model, cells, 1, 1)
+    online.initialise(float(time_s[0]), soc0, INITIAL_ERROR, temperature_degc)
     base = SocEstimator(model, cells)
     temp = np.full(cells, temperature_degc)
     valid = np.ones(cells, dtype=bool)
@@ -110,6 +119,9 @@ def run_filters(
             if k:
                 f.step(dt, current_a[k], voltage_v[k], temp)
             out[name][k] = f.soc
+        if k:
+            online.update(float(time_s[k]), current_a[k], voltage_v[k], valid, temp)
+        out["bms_online"][k] = online.soc
         out["spkf_std"][k] = filters["spkf"].soc_std
         out["cc_ocv_rest"][k] = base.update(dt, current_a[k], voltage_v[k], valid, temp)
     # Coulomb counting from the same wrong start (efficiency on charge, clipped).
@@ -125,7 +137,15 @@ def scenario_results(
 ) -> dict[str, Any]:
     """Error summaries of every estimator for one cell column."""
     res: dict[str, Any] = {}
-    for name in ("spkf", "spkf_no_bias", "ekf", "coulomb_counting", "cc_ocv_rest"):
+    for name in (
+        "spkf",
+        "bms_online",
+        "spkf_no_bias",
+        "ekf",
+        "ekf_plain",
+        "coulomb_counting",
+        "cc_ocv_rest",
+    ):
         res[name] = soc_error_summary(time_s, est[name][:, col], truth)
     res["spkf"]["final_soc_std"] = round(float(est["spkf_std"][-1, col]), 5)
     err = est["spkf"][:, col] - truth
@@ -407,8 +427,13 @@ def speed(n_cells: int, repeats: int = 30) -> dict[str, Any]:
     temp = rng.uniform(15.0, 35.0, n_cells)
     cur = np.full(n_cells, 1.0)
     out: dict[str, Any] = {"cells": n_cells, "cell_set": "lfp (4 temperatures, 2 RC)"}
-    for method in ("spkf", "ekf"):
-        f = SocKalmanFilter(model, n_cells, KalmanConfig(method=method))
+    for name, method, compiled in (
+        ("spkf", "spkf", True),
+        ("ekf", "ekf", True),
+        ("spkf_numpy", "spkf", False),
+    ):
+        cfg = KalmanConfig(method=method, compiled=compiled)  # type: ignore[arg-type]
+        f = SocKalmanFilter(model, n_cells, cfg)
         f.initialise(rng.uniform(0.2, 0.8, n_cells), 0.1)
         volt = model.ocv(f.soc, 25.0) + rng.normal(0.0, 0.002, n_cells)
         for _ in range(3):
@@ -419,7 +444,7 @@ def speed(n_cells: int, repeats: int = 30) -> dict[str, Any]:
             f.step(1.0, cur, volt, temp)
             wall.append(time.perf_counter() - w0)
             cpu.append(time.process_time() - c0)
-        out[method] = {
+        out[name] = {
             "states": f.n_states,
             "update_ms_wall_median": round(1e3 * float(np.median(wall)), 2),
             "update_ms_wall_min": round(1e3 * float(np.min(wall)), 2),

@@ -270,10 +270,11 @@ def test_wrap_keeps_weekday_and_season(t: float) -> None:
     assert YEAR_START <= w < YEAR_END
     shift_weeks = (t - w) / WEEK_S
     assert shift_weeks == pytest.approx(round(shift_weeks), abs=1e-9)
-    # season kept: the shift is a whole number of years to within a week
+    # season kept: the shift is a whole number of years to within half a week (rounding to
+    # whole weeks), plus one week when that lands just outside the window
     shift = t - w
     drift_days = (shift - round(shift / YEAR_S) * YEAR_S) / 86400.0
-    assert abs(drift_days) <= 7.0 + 1e-6
+    assert abs(drift_days) <= 10.5 + 1e-6
 
 
 def test_wrap_inside_unchanged_and_short_windows() -> None:

@@ -161,6 +161,7 @@ def build_bms(config: SiteConfig, twin: SiteTwin) -> BatteryManagementSystem:
         discharge_efficiency=b.discharge_efficiency,
         balancing=config.bms.balancing,
         bleed_resistance_ohm=config.bms.bleed_resistance_ohm,
+        sensor_sample_period_s=b.sensors.sample_period_s,
     )
     return BatteryManagementSystem(setup)
 

@@ -22,7 +22,7 @@ from openbess.cell.ecm import CellModel, CellState, step
 from openbess.cell.params import CellParams, load_cell_params, scale_to_capacity
 
 # The synthetic data come from the filter's own model: no model error, so a small one.
-EXACT = {"model_error_v": 0.003, "model_error_time_s": 60.0}
+EXACT = {"model_error_v": 0.003, "model_error_time_s": 60.0, "polarisation_error": 0.0}
 
 
 def _nmc() -> CellParams:

@@ -6,19 +6,21 @@ real hardware. The monitor (:mod:`openbess.bms.monitor`) judges every reading fi
 finds implausible is excluded from the extremes, the estimation and the limits, and counted by
 the fault table.
 
-The cycle runs every second on packs of a few to a few thousand cells, so numpy's per-call
-cost matters more than the arithmetic: reductions are done once and shared, small arrays
-(a home pack's 16 cells) are reduced in pure Python, the all-valid sensor case skips the
-NaN-aware numpy functions, and one string's current goes to the estimator as a float. Each
-shortcut gives the same numbers as the general computation it replaces (the tests in
-``tests/bms`` compare them with plain reference computations).
+The cycle runs every second on packs of a few to 100,000 cells, so numpy's per-call cost
+matters more than the arithmetic: reductions are done once and shared, small arrays (a home
+pack's 16 cells) are reduced in pure Python, the all-valid sensor case skips the NaN-aware
+numpy functions, and the state estimation (:class:`~openbess.bms.estimator.OnlineEstimator`:
+sigma-point filter, SoH, SoP, pack SoC and energy) runs in compiled loops over the cells, with
+one current per string and one temperature per module. Each shortcut gives the same numbers
+as the general computation it replaces (the tests in ``tests/bms`` compare them with plain
+reference computations). ``benchmarks/bms_step.py`` times the whole step.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +29,7 @@ from openbess.bms.balancing import Balancer, BalancingConfig
 from openbess.bms.contactor import ContactorInputs, ContactorMachine, ContactorOutput
 from openbess.bms.contactor import ContactorRequest as MachineRequest
 from openbess.bms.defaults import BmsParams
-from openbess.bms.estimator import SocEstimator
+from openbess.bms.estimator import OnlineEstimator, OnlineEstimatorConfig, PackEstimate
 from openbess.bms.limits import LimitCalculator
 from openbess.bms.logbook import Logbook, LogbookConfig
 from openbess.bms.monitor import Monitor, MonitorResult
@@ -107,6 +109,12 @@ class BmsSetup:
         No balancing above this cell temperature [degC].
     bleed_resistance_ohm : float
         Balancing bleed resistor [ohm].
+    estimator : OnlineEstimatorConfig
+        State estimation tuning (the sigma-point filter, SoH, SoP).
+    sensor_sample_period_s : float
+        Time between fresh sensor samples when the measurement chain holds them between
+        samples [s] (0: a fresh sample every cycle); the contactor machine waits for a sample
+        taken after its command before judging the feedback.
     """
 
     cell: CellParams
@@ -121,6 +129,8 @@ class BmsSetup:
     balancing: bool = True
     balancing_max_temperature_degc: float = 45.0
     bleed_resistance_ohm: float = 33.0
+    estimator: OnlineEstimatorConfig = field(default_factory=OnlineEstimatorConfig)
+    sensor_sample_period_s: float = 0.0
 
     @property
     def n_cells(self) -> int:
@@ -167,10 +177,18 @@ class BatteryManagementSystem:
     def __init__(self, setup: BmsSetup) -> None:
         self.setup = setup
         self.model = CellModel(setup.cell)
-        self.estimator = SocEstimator(self.model, setup.n_cells)
+        cells_per_module = setup.n_series // setup.modules_per_string
+        #: SoC, SoH and SoP of every cell (sigma-point Kalman filter) and the pack figures.
+        self.estimator = OnlineEstimator(
+            self.model, setup.n_strings, setup.n_series, cells_per_module, setup.estimator
+        )
+        #: The pack figures of the last cycle.
+        self.pack_estimate: PackEstimate | None = None
         self.protection = Protection.from_params(setup.params.protection)
         self.limits = LimitCalculator(setup.params.limits)
-        self.contactor = ContactorMachine(setup.params.contactor)
+        self.contactor = ContactorMachine(
+            setup.params.contactor, sample_period_s=setup.sensor_sample_period_s
+        )
         #: Plausibility of the raw readings (its ``counts`` hold the exclusions by cause).
         self.monitor = Monitor.for_pack(setup.params, setup.cell, setup.n_strings, setup.n_series)
         #: The monitor's verdict on the last sample.
@@ -216,6 +234,7 @@ class BatteryManagementSystem:
         j = int(np.argmin(np.abs(setup.cell.temperature_grid_degc - 25.0)))
         self._r_cell_ohm = float(setup.cell.r0_ohm[j, mid] + setup.cell.rc_r_ohm[:, j, mid].sum())
         self._ones = np.ones(setup.n_cells)
+        self._one_module_t = np.full(1, 25.0)
         self._n_modules = setup.n_strings * setup.modules_per_string
         self._cells_per_module = setup.n_cells // self._n_modules
         #: Sensor -> module mapping of the last read-only ``temperature_sensor_cell`` array.
@@ -236,8 +255,9 @@ class BatteryManagementSystem:
 
     def _cell_temperatures(
         self, m: Measurements, t_ok: BoolArray
-    ) -> tuple[FloatArray, float, float, float, int]:
-        """Per-cell temperatures, min / max / mean of the valid sensors, number invalid."""
+    ) -> tuple[FloatArray, FloatArray, float, float, float, int]:
+        """Per-cell and per-module temperatures, min / max / mean of the valid sensors, number
+        invalid."""
         raw = m.cell_temperature_degc
         n_t = t_ok.size
         n_bad = n_t - int(np.count_nonzero(t_ok))
@@ -254,19 +274,28 @@ class BatteryManagementSystem:
                     acc = 0.0
                     for x in raw.tolist():
                         acc += x
-                    cell_t = self._ones * (acc / layout.counts[0])
-                    return cell_t, t_min, t_max, mean_all, 0
+                    mod_one = self._one_module_t
+                    mod_one[0] = acc / layout.counts[0]
+                    cell_t = self._ones * mod_one[0]
+                    return cell_t, mod_one, t_min, t_max, mean_all, 0
                 sums = np.bincount(layout.module_of_sensor, raw, minlength=self._n_modules)
                 if layout.all_modules_covered:
                     mod_t = sums / layout.counts
                 else:
                     cov = layout.counts
                     mod_t = np.where(cov > 0, sums / np.maximum(cov, 1), mean_all)
-                return mod_t.repeat(self._cells_per_module), t_min, t_max, mean_all, 0
+                return mod_t.repeat(self._cells_per_module), mod_t, t_min, t_max, mean_all, 0
         t = np.where(t_ok, raw, np.nan)
         if not np.any(t_ok):
             nan = math.nan
-            return np.full(self.setup.n_cells, 25.0), nan, nan, nan, n_bad
+            return (
+                np.full(self.setup.n_cells, 25.0),
+                np.full(self._n_modules, 25.0),
+                nan,
+                nan,
+                nan,
+                n_bad,
+            )
         # Each module's cells take the mean of the module's valid sensors (pack mean if none).
         n_mod = self._n_modules
         per_mod = self._cells_per_module
@@ -277,6 +306,7 @@ class BatteryManagementSystem:
         mod_t = np.where(counts > 0, sums / np.maximum(counts, 1), mean_all)
         return (
             np.repeat(mod_t, per_mod),
+            mod_t,
             float(np.nanmin(t)),
             float(np.nanmax(t)),
             mean_all,
@@ -338,7 +368,9 @@ class BatteryManagementSystem:
             else:
                 v_min = v_max = v_avg = math.nan
             sum_v = float(v.sum()) if n_bad_v == 0 else math.nan
-        cell_t, t_min, t_max, t_avg, n_bad_t = self._cell_temperatures(m, mon.temperature_valid)
+        cell_t, mod_t, t_min, t_max, t_avg, n_bad_t = self._cell_temperatures(
+            m, mon.temperature_valid
+        )
         self.cell_temperature_degc = cell_t
         i_ok = mon.string_current_valid
         i_raw = m.string_current_a
@@ -350,23 +382,23 @@ class BatteryManagementSystem:
             i_str = np.where(i_ok, i_raw, 0.0)
         pack_i = float(i_str[0]) if i_str.size == 1 else float(np.add.reduce(i_str))
 
-        # Estimation.
-        # One string: every cell carries its current (the estimator takes it as a float).
-        one = s.n_strings == 1 and i_str.size == 1
-        cell_i = float(i_str[0]) if one else i_str.repeat(s.n_series)
-        self.cell_soc = self.estimator.update(dt_s, cell_i, v, v_ok, cell_t)
-        estimated = self.estimator.initialised
-        if estimated and dt_s > 0.0 and self.balancer.bleeding:
-            # Charge drawn by the bleed resistors over the last interval (not in the current).
-            est = self.estimator
-            dq_ah = self.balancer.bleed_current_a * (dt_s / 3600.0)
-            est.soc = np.clip(est.soc - dq_ah / est.capacity_ah, 0.0, 1.0)
-            est.net_ah = est.net_ah + dq_ah
-            self.cell_soc = est.soc
-        # Estimated: every cell SoC is finite (nan_to_num would only copy it).
-        soc_cells = self.cell_soc if estimated else np.nan_to_num(self.cell_soc, nan=0.0)
-        soc, z_min, z_max, _ = _pack_soc(soc_cells, s.n_strings)
-        soh = self.estimator.soh
+        # Estimation: the sigma-point filter on every cell (the balancing bleed of the last
+        # interval is counted as a known internal current; with the contactor open and
+        # commanded open the measured current is a reading of the sensor offset).
+        est = self.estimator
+        bleed = self.balancer.bleed_current_a if self.balancer.bleeding else None
+        self.cell_soc = est.update(
+            now_s, i_str, v, v_ok, mod_t, zero_current=expect_zero, bleed_current_a=bleed
+        )
+        estimated = est.initialised
+        if estimated:
+            pack = est.pack()
+            soc, z_min, z_max = pack.soc, pack.soc_cell_min, pack.soc_cell_max
+        else:
+            pack = None
+            soc, z_min, z_max, _ = _pack_soc(np.zeros(s.n_cells), s.n_strings)
+        self.pack_estimate = pack
+        soh = est.soh
 
         # Protection.
         inputs = ProtectionInputs(
@@ -465,14 +497,22 @@ class BatteryManagementSystem:
             self._alarm_source = result.alarms
             self._alarm_labels = result.labels()
 
+        # capacity_wh stays the nominal energy times the capacity SoH (a rating, as the
+        # interfaces publish it); the usable energy of the moment is in extra.
         capacity_wh = self._nominal_wh * soh
+        if pack is not None:
+            energy_wh = pack.energy_available_wh
+            extra = self._extra(pack, est.power_limits(chg_a, dis_a))
+        else:
+            energy_wh = soc * capacity_wh
+            extra = {}
         telemetry = Telemetry(
             time_s=now_s,
             soc=soc,
             soc_cell_min=z_min,
             soc_cell_max=z_max,
             soh=soh,
-            energy_available_wh=soc * capacity_wh,
+            energy_available_wh=energy_wh,
             capacity_wh=capacity_wh,
             pack_voltage_v=m.pack_voltage_v,
             pack_current_a=pack_i,
@@ -490,6 +530,7 @@ class BatteryManagementSystem:
             alarms=self._alarm_labels,
             balancing_cells=n_balancing,
             gate=last_decision,
+            extra=extra,
         )
         nan = math.nan
         known = estimated
@@ -507,13 +548,34 @@ class BatteryManagementSystem:
             t_max,
             t_avg,
             soh,
-            float(np.minimum.reduce(self.estimator.capacity_ah)) * s.n_strings,
+            soh * est.capacity_nominal_ah * s.n_strings,
             alarms=self._alarm_labels,
             balancing_cells=n_balancing,
         )
         for lev in self.logbook.pop_events():
             self.events.append(BmsEvent(lev.time_s, lev.kind, lev.code, lev.severity, lev.message))
         return telemetry, limits
+
+    @staticmethod
+    def _extra(pack: PackEstimate, sop: dict[str, float]) -> dict[str, float]:
+        """``Telemetry.extra``: uncertainties, SoH details and the state of power."""
+        extra = {
+            "soc_std": pack.soc_std,
+            "soc_cell_std_max": pack.soc_cell_std_max,
+            "soe_wh": pack.energy_available_wh,
+            "energy_chargeable_wh": pack.energy_chargeable_wh,
+            "energy_usable_wh": pack.energy_available_wh + pack.energy_chargeable_wh,
+            "capacity_usable_ah": pack.capacity_ah,
+            "soh_capacity": pack.soh,
+            "soh_capacity_std": pack.soh_std,
+            "resistance_ohm": pack.resistance_ohm,
+            "resistance_std_ohm": pack.resistance_std_ohm,
+            "soh_resistance_growth": pack.resistance_growth,
+            "current_offset_a": pack.current_offset_a,
+            "current_offset_std_a": pack.current_offset_std_a,
+        }
+        extra.update(sop)
+        return extra
 
     def actuation(self, gated: Actuation) -> Actuation:
         """Add the contactor request and the balancing mask to the gated actuation.

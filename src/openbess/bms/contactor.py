@@ -29,6 +29,12 @@ Rules:
   for ``feedback_delay_s`` -> FAULT (``contactor_welded``). Commanded closed but feedback open
   -> FAULT (``contactor_feedback_lost``).
 - After an opening a new precharge waits ``reclose_delay_s`` (no close/open oscillation).
+- Sampled measurements: when the sensors are read every ``sample_period_s`` and held in
+  between, a reading may predate the last command by up to one sample period. The machine then
+  judges the hardware's answer only on readings at least ``sample_period_s`` after the command
+  (feedback mismatch counted from then, precharge success), and extends the precharge and
+  zero-current timeouts by one sample period. Without it, a held "open" feedback right after
+  closing read as ``contactor_feedback_lost``.
 """
 
 from __future__ import annotations
@@ -164,10 +170,23 @@ class ContactorMachine:
     ----------
     params : ContactorParams
         Timing and thresholds.
+    sample_period_s : float
+        Time between fresh samples of the measurements (feedback, voltages, current) when they
+        are held in between [s]; 0: every step reads a fresh sample.
+
+    Raises
+    ------
+    ValueError
+        ``sample_period_s`` negative or not finite.
     """
 
-    def __init__(self, params: ContactorParams) -> None:
+    def __init__(self, params: ContactorParams, sample_period_s: float = 0.0) -> None:
+        if not (math.isfinite(sample_period_s) and sample_period_s >= 0.0):
+            raise ValueError(f"sample_period_s must be finite and >= 0, got {sample_period_s!r}")
         self.params = params
+        #: Sample period of the measurements the machine reads [s].
+        self.sample_period_s = float(sample_period_s)
+        self._commanded_s: float | None = None  # last change of the relay commands
         self._state = ContactorState.OPEN
         self._main = False
         self._precharge = False
@@ -209,6 +228,8 @@ class ContactorMachine:
     def _go(self, state: ContactorState, time_s: float, main: bool, precharge: bool) -> None:
         if state is ContactorState.OPEN and self._state is not ContactorState.OPEN:
             self._opened_s = time_s
+        if main != self._main or precharge != self._precharge:
+            self._commanded_s = time_s
         self._state = state
         self._main = main
         self._precharge = precharge
@@ -223,6 +244,15 @@ class ContactorMachine:
     def _elapsed(self, time_s: float) -> float:
         """Time in the present state or phase [s], rounded up by :data:`TIME_EPS_S`."""
         return 0.0 if self._entered_s is None else time_s - self._entered_s + TIME_EPS_S
+
+    def _answered(self, time_s: float) -> bool:
+        """True if a reading at ``time_s`` was sampled after the last command change."""
+        since = self._commanded_s
+        if since is None:
+            return True
+        if self.sample_period_s <= 0.0:
+            return time_s > since
+        return time_s - since + TIME_EPS_S >= self.sample_period_s
 
     def _current_below_break(self, current_a: float) -> bool:
         return math.isfinite(current_a) and abs(current_a) <= self.params.break_current_a
@@ -295,7 +325,8 @@ class ContactorMachine:
                 and abs(i.current_a) > p.welded_current_a
             )
             mismatch = i.feedback_closed or flowing
-        if not mismatch:
+        if not mismatch or not self._answered(time_s):
+            # A reading sampled before the command cannot show its effect yet.
             self._mismatch_since = None
             return
         if self._mismatch_since is None:
@@ -335,7 +366,7 @@ class ContactorMachine:
                 self._emit(time_s, "precharge_started", f"precharge attempt {self._attempt}")
             return
         stepped = self._entered_s is not None and time_s > self._entered_s
-        if stepped and self._precharged(i):
+        if stepped and self._answered(time_s) and self._precharged(i):
             self._go(ContactorState.CLOSED, time_s, main=True, precharge=False)
             self._emit(
                 time_s,
@@ -343,7 +374,7 @@ class ContactorMachine:
                 f"precharged to {i.bus_voltage_v:.4g} V of {i.pack_voltage_v:.4g} V; main closed",
             )
             return
-        if self._elapsed(time_s) >= p.precharge_timeout_s:
+        if self._elapsed(time_s) >= p.precharge_timeout_s + self.sample_period_s:
             if self._attempt >= p.precharge_attempts:
                 self._fault(
                     time_s,
@@ -387,7 +418,7 @@ class ContactorMachine:
             self._emit(time_s, "closed", "open request withdrawn")
         elif self._current_below_break(i.current_a):
             self._open_now(time_s, i, "opened", "current below break current")
-        elif self._elapsed(time_s) >= self.params.zero_current_timeout_s:
+        elif self._elapsed(time_s) >= self.params.zero_current_timeout_s + self.sample_period_s:
             self._open_now(time_s, i, "opened_above_break_current", "zero-current timeout expired")
 
     def _on_fault(self, time_s: float, i: ContactorInputs) -> None:

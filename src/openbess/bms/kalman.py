@@ -41,9 +41,11 @@ which is exactly the CDKF with all ``2n + 1`` sigma points. The plain EKF (``met
 is the same update with an infinitesimal step (``D = dh/dz l``, ``S`` dropped), so the two
 differ only in how they linearise the OCV, hysteresis and resistance tables.
 
-Measurement noise: ``R = sigma_v^2 + sigma_model^2 * max(1, tau_model / dt)``: the model error
-of an ECM is not white (it stays for minutes), so a 1 s sampling does not give 60 times the
-information of a 60 s sampling; the factor keeps the filter from trusting a flat LFP plateau.
+Measurement noise: ``R = sigma_v^2 + (sigma_model^2 + (e_pol (|R0 i| + sum_k |v_k|))^2) *
+max(1, tau_model / dt)``: the model error of an ECM is not white (it stays for minutes), so a
+1 s sampling does not give 60 times the information of a 60 s sampling, and part of it grows
+with the modelled polarisation (a relative error ``e_pol`` of the resistances); this keeps the
+filter from trusting a flat LFP plateau, above all under load.
 Process noise of the SoC grows with charge throughput, ``(g^2 + q_cap^2) |dz|``, which covers a
 constant gain error ``g`` and a capacity error ``q_cap`` (after one full equivalent cycle the
 SoC std has grown by ``sqrt(g^2 + q_cap^2)``).
@@ -52,22 +54,27 @@ Also here: capacity and resistance estimation with their uncertainty (state of h
 power available for the next seconds (state of power), and :class:`BatteryStateEstimator`,
 which runs all three along a log.
 
-Everything is pure numpy over arrays of N cells; ``benchmarks/soc_estimation.py`` measures one
-update for 100,000 cells (about 15 ms of CPU time on the project's 2-core VM). See
-``docs/estimation.md`` for the tuning and the benchmark results.
+The update runs as one compiled loop over the cells (numba, :func:`_filter_kernel`; the numpy
+path over arrays of N cells is the reference it is tested against). For large packs
+:meth:`SocKalmanFilter.count` moves every cell's SoC by the exact coulomb count each cycle and
+:meth:`SocKalmanFilter.update_counted` gives a block of cells the full update. The state of
+power has a compiled twin too (:func:`power_limits_compiled`), and screening kernels for a
+pack (:func:`_sop_screen_kernel`, :func:`_sop_pack_kernel`). See ``docs/estimation.md`` for the
+tuning and the benchmark results.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from openbess.cell.ecm import CellModel
+from openbess.cell.ecm import NUMBA_AVAILABLE, CellModel
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -142,6 +149,19 @@ class KalmanConfig:
         Uncertainty of the OCV table along its SoC axis [fraction]: adds
         ``(dOCV/dz * ocv_soc_error)^2`` to the measurement variance, so the steep ends of the
         curve (coarse tables, capacity error) do not pin the SoC tighter than the table is.
+    polarisation_error : float
+        Relative error of the modelled polarisation [fraction]: the ECM's dynamic voltage
+        ``|R0 i| + sum_k |v_k|`` is uncertain by this share (resistances fitted at other rates
+        or temperatures, diffusion the RC pairs do not capture), added to the measurement
+        variance like ``model_error_v`` (counted ``max(1, tau / dt)`` times). Under load the
+        voltage then says less about the SoC than at rest; without it a resistance error of
+        the characterised cell reads, on a flat LFP plateau, as a SoC drift that the offset
+        state integrates (docs/estimation.md).
+    chunk_cells : int
+        Cells processed together by the numpy path (cache).
+    compiled : bool
+        Run the update as one compiled loop over the cells (numba; the numpy path is the
+        reference, same results to rounding).
     """
 
     method: Method = "spkf"
@@ -163,7 +183,9 @@ class KalmanConfig:
     initial_rc_std_v: float = 0.005
     min_soc_std: float = 0.01
     ocv_soc_error: float = 0.0
+    polarisation_error: float = 0.3
     chunk_cells: int = 16384
+    compiled: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in ("spkf", "ekf"):
@@ -184,6 +206,7 @@ class KalmanConfig:
             "initial_rc_std_v",
             "min_soc_std",
             "ocv_soc_error",
+            "polarisation_error",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -206,8 +229,22 @@ class KalmanConfig:
         float
             ``voltage_noise_v^2 + model_error_v^2 * max(1, model_error_time_s / dt)``.
         """
-        k = max(1.0, self.model_error_time_s / max(dt_s, 1e-9))
-        return self.voltage_noise_v**2 + self.model_error_v**2 * k
+        return self.voltage_noise_v**2 + self.model_error_v**2 * self.model_error_factor(dt_s)
+
+    def model_error_factor(self, dt_s: float) -> float:
+        """How many times a model-error variance counts for one sample [1].
+
+        Parameters
+        ----------
+        dt_s : float
+            Time since the previous voltage sample [s].
+
+        Returns
+        -------
+        float
+            ``max(1, model_error_time_s / dt)``.
+        """
+        return max(1.0, self.model_error_time_s / max(dt_s, 1e-9))
 
 
 # -- table interpolation (the CellModel's tables, gathered per table) -------------------------
@@ -252,6 +289,17 @@ class _Tables:
         self.tau_const = [bool(np.all(r == r[0])) for r in self.tau]
         self._rows: dict[int, tuple[FloatArray, FloatArray, bool]] = {}
         self._rep: dict[int, tuple[FloatArray, FloatArray]] = {}
+        # The same coefficients grid cell by grid cell, (nt * ns, table, [a, b, c, d]), and the
+        # per-temperature rows with their slopes, for the compiled kernels.
+        self.coef_cells = np.ascontiguousarray(np.stack([v, b, c, d]).reshape(4, k, -1).T)
+        self.inv_width = np.ascontiguousarray(self._inv_width)
+        tau_rows = np.asarray(p.rc_tau_s, dtype=np.float64).reshape(self.n_rc, nt)
+        self.tau_rows = np.ascontiguousarray(tau_rows)
+        self.tau_slopes = np.zeros_like(tau_rows)
+        self.eta_slope = np.zeros(nt)
+        if nt > 1:
+            self.tau_slopes[:, :-1] = np.diff(tau_rows, axis=1)
+            self.eta_slope[:-1] = np.diff(self.eta)
 
     def temperature_weights(self, temperature_degc: FloatArray) -> tuple[IntArray, FloatArray]:
         """Row offset ``j * ns`` and fraction ``ft`` of each temperature (clipped to the grid).
@@ -330,6 +378,439 @@ class _Tables:
         return out
 
 
+# -- the compiled update ----------------------------------------------------------------------
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _load_njit() -> Any:
+    """``numba.njit``, or None without numba."""
+    try:
+        from numba import njit  # type: ignore[import-untyped, import-not-found, unused-ignore]
+    except ImportError:  # pragma: no cover - numba is a declared dependency
+        return None
+    return njit
+
+
+_NJIT: Any = _load_njit()
+
+
+def jit(func: _F) -> _F:
+    """Compile ``func`` with numba (cached; NumPy's error model: no zero-division checks).
+
+    Without numba the function is returned unchanged (plain Python, same results).
+
+    Parameters
+    ----------
+    func : callable
+        A function numba can compile.
+
+    Returns
+    -------
+    callable
+        The compiled dispatcher, or ``func``.
+    """
+    if _NJIT is None:  # pragma: no cover
+        return func
+    out: _F = _NJIT(cache=True, error_model="numpy")(func)
+    return out
+
+
+@jit
+def _bilinear(coef: FloatArray, idx: int, row: int, fz: float, ft: float) -> float:
+    """One table at one point: ``((b + d ft) fz + c ft) + a`` (as :meth:`_Tables.value`)."""
+    slope: float = coef[idx, row, 1] + coef[idx, row, 3] * ft
+    value: float = (slope * fz + coef[idx, row, 2] * ft) + coef[idx, row, 0]
+    return value
+
+
+@jit
+def _temperature_row(
+    temps: FloatArray, inv_width: FloatArray, temperature_degc: float
+) -> tuple[int, float]:
+    """Row ``j`` and fraction ``ft`` of a temperature (non-finite: 25 degC; clipped)."""
+    n_t = temps.shape[0]
+    if n_t == 1:
+        return 0, 0.0
+    t = temperature_degc if math.isfinite(temperature_degc) else 25.0
+    tc = min(max(t, temps[0]), temps[n_t - 1])
+    j = 0
+    for kk in range(1, n_t - 1):
+        if tc >= temps[kk]:
+            j += 1
+    if tc >= temps[n_t - 1]:
+        j = n_t - 1
+    ft: float = (tc - temps[j]) * inv_width[j]
+    return j, ft
+
+
+@jit
+def _count_kernel(
+    temps: FloatArray,
+    inv_width: FloatArray,
+    eta_row: FloatArray,
+    eta_slope: FloatArray,
+    x: FloatArray,
+    capacity_ah: FloatArray,
+    current_a: FloatArray,
+    current_group: int,
+    temperature_degc: FloatArray,
+    temperature_group: int,
+    leak_a: FloatArray,
+    dt_s: float,
+    ib: int,
+    eta_one: bool,
+    acc_abs_dz: FloatArray,
+    acc_gain: FloatArray,
+    acc_charge_as: FloatArray,
+    charge_ah: FloatArray,
+) -> None:
+    """Coulomb-count the SoC of every cell over ``dt_s`` and accumulate for the next update.
+
+    The SoC mean moves exactly as the filter's time update would move it; ``acc_abs_dz``
+    (sum of ``|dz|``), ``acc_gain`` (sum of ``dz/di``) and ``acc_charge_as`` (sum of ``i_m
+    dt``) carry what the next (``counted``) update of the cell needs for the covariance, the
+    RC pairs and the hysteresis.
+    """
+    n = x.shape[1]
+    has_leak = leak_a.shape[0] > 0
+    group = -1
+    eta_t = 1.0
+    for c in range(n):
+        gt = c // temperature_group
+        if gt != group:
+            group = gt
+            j, ft = _temperature_row(temps, inv_width, temperature_degc[gt])
+            eta_t = eta_slope[j] * ft + eta_row[j]
+        i_m = current_a[c // current_group]
+        if not math.isfinite(i_m):
+            i_m = 0.0
+        i_eff = i_m - x[ib, c] if ib >= 0 else i_m
+        eta = eta_t if (not eta_one and i_eff < 0.0) else 1.0
+        cq = eta * (dt_s / 3600.0) / capacity_ah[c]
+        dz = cq * i_eff
+        dz_all = dz
+        if has_leak:
+            dz_all += leak_a[c] * (dt_s / 3600.0) / capacity_ah[c]
+        x[0, c] = min(max(x[0, c] - dz_all, 0.0), 1.0)
+        charge_ah[c] += dz_all * capacity_ah[c]
+        acc_abs_dz[c] += abs(dz)
+        acc_gain[c] += cq
+        acc_charge_as[c] += i_m * dt_s
+
+
+@jit
+def _filter_kernel(
+    coef: FloatArray,
+    n_soc: int,
+    temps: FloatArray,
+    inv_width: FloatArray,
+    tau_rows: FloatArray,
+    tau_slopes: FloatArray,
+    eta_row: FloatArray,
+    eta_slope: FloatArray,
+    x: FloatArray,
+    P: FloatArray,
+    capacity_ah: FloatArray,
+    r_scale: FloatArray,
+    current_a: FloatArray,
+    current_group: int,
+    voltage_v: FloatArray,
+    voltage_ok: BoolArray,
+    temperature_degc: FloatArray,
+    temperature_group: int,
+    leak_a: FloatArray,
+    dt_s: float,
+    predict: bool,
+    counted: bool,
+    start: int,
+    stop: int,
+    settings: FloatArray,
+    flags: IntArray,
+    acc_abs_dz: FloatArray,
+    acc_gain: FloatArray,
+    acc_charge_as: FloatArray,
+    innovation_v: FloatArray,
+    innovation_std_v: FloatArray,
+    oc_prior_v: FloatArray,
+    oc_post_v: FloatArray,
+    r0_post_ohm: FloatArray,
+    charge_ah: FloatArray,
+) -> None:
+    """:meth:`SocKalmanFilter.step` (time and measurement update) cell by cell.
+
+    The arithmetic of ``_predict`` and ``_correct``, in the same order, on each cell's state
+    held in registers, for the cells ``start .. stop - 1``. ``settings``: sigma step,
+    measurement variance, model-error factor, hysteresis rate, rc_error, current noise, gain^2
+    + capacity^2, SoC random walk^2 * dt, hysteresis noise^2, bias random walk^2 * dt,
+    ocv_soc_error, polarisation_error. ``flags``: n_rc, index of h (-1: none), index of b
+    (-1: none), spkf (1) or ekf (0), bias in the voltage (1/0), eta identically 1 (1/0). Cells
+    whose ``voltage_ok`` is False (or whose voltage is not finite) get no measurement update
+    (their innovation is NaN).
+
+    With ``counted`` the SoC mean was already moved by :func:`_count_kernel` over the ``dt_s``
+    since the cell's last update: the time update takes ``|dz|``, ``dz/db`` and the mean
+    current of the interval from the accumulators (and clears them) instead of
+    ``current_a``, which then serves the measurement only.
+    """
+    k_states = x.shape[0]
+    top = n_soc - 1.0
+    hstep = settings[0]
+    r_meas = settings[1]
+    model_factor = settings[2]
+    gamma = settings[3]
+    rc_error = settings[4]
+    current_noise = settings[5]
+    gain_cap2 = settings[6]
+    soc_walk = settings[7]
+    hyst_noise2 = settings[8]
+    bias_walk = settings[9]
+    ocv_soc_error = settings[10]
+    pol_error = settings[11]
+    n_rc = flags[0]
+    ih = flags[1]
+    ib = flags[2]
+    spkf = flags[3] == 1
+    bias_v = flags[4] == 1 and ib >= 0
+    eta_one = flags[5] == 1
+    has_leak = leak_a.shape[0] > 0
+    has_post = oc_post_v.shape[0] > 0
+    pl = np.empty((k_states, k_states))
+    f = np.empty(k_states)
+    g = np.empty(k_states)
+    q = np.empty(k_states)
+    alpha = np.empty(k_states)
+    lcol = np.empty(k_states)
+    u = np.empty(k_states)
+    decay = np.empty(max(n_rc, 1))
+    hs2 = hstep * hstep
+    curv = (hs2 - 1.0) / (4.0 * hs2 * hs2)
+    group = -1
+    jb = 0
+    ft = 0.0
+    eta_t = 1.0
+    for c in range(start, stop):
+        # Temperature weights (and what depends on them only), once per temperature group.
+        gt = c // temperature_group
+        if gt != group:
+            group = gt
+            j, ft = _temperature_row(temps, inv_width, temperature_degc[gt])
+            jb = j * n_soc
+            eta_t = eta_slope[j] * ft + eta_row[j]
+            for kk in range(n_rc):
+                decay[kk] = math.exp(-dt_s / (tau_slopes[kk, j] * ft + tau_rows[kk, j]))
+        i_m = current_a[c // current_group]
+        if not math.isfinite(i_m):
+            i_m = 0.0
+        for r in range(k_states):
+            for s in range(r, k_states):
+                pl[r, s] = P[r, s, c]
+        # -- time update
+        if predict:
+            dz_all = 0.0
+            if counted:
+                i_in = acc_charge_as[c] / dt_s  # mean measured current of the interval
+                i_eff = i_in - x[ib, c] if ib >= 0 else i_in
+                cq = acc_gain[c]
+                dz_abs = acc_abs_dz[c]
+                acc_abs_dz[c] = 0.0
+                acc_gain[c] = 0.0
+                acc_charge_as[c] = 0.0
+            else:
+                i_in = i_m
+                i_eff = i_m - x[ib, c] if ib >= 0 else i_m
+                eta = 1.0
+                if not eta_one and i_eff < 0.0:
+                    eta = eta_t
+                cq = eta * (dt_s / 3600.0) / capacity_ah[c]
+                dz = cq * i_eff
+                dz_abs = abs(dz)
+                dz_all = dz
+                if has_leak:
+                    dz_all += leak_a[c] * (dt_s / 3600.0) / capacity_ah[c]
+                charge_ah[c] += dz_all * capacity_ah[c]
+            xs = min(max(x[0, c] * top, 0.0), top)
+            seg = int(xs)
+            fz = xs - seg
+            idx = jb + seg
+            i_v = i_eff if bias_v else i_in
+            abs_i = abs(i_v)
+            for r in range(k_states):
+                f[r] = 1.0
+                g[r] = 0.0
+                q[r] = 0.0
+            for kk in range(n_rc):
+                row = 1 + kk
+                a = decay[kk]
+                w = 1.0 - a
+                wr = _bilinear(coef, idx, 3 + kk, fz, ft) * r_scale[c]
+                wr *= w
+                x[row, c] = x[row, c] * a + wr * i_v
+                f[row] = a
+                if bias_v:
+                    g[row] = -wr
+                qk = rc_error * wr * abs_i
+                qk *= qk
+                qk += (1e-5 * w) ** 2
+                if current_noise > 0:
+                    qk += (wr * current_noise) ** 2
+                q[row] = qk
+            q0 = dz_abs * gain_cap2 + soc_walk
+            if current_noise > 0:
+                q0 += (cq * current_noise) ** 2
+            q[0] = q0
+            if ib >= 0:
+                g[0] = cq
+            if not counted:
+                x[0, c] = min(max(x[0, c] - dz_all, 0.0), 1.0)
+            if ih >= 0:
+                d = math.exp(-dz_abs * gamma)
+                sgn = 1.0 if i_eff > 0.0 else (-1.0 if i_eff < 0.0 else 0.0)
+                x[ih, c] = x[ih, c] * d - (1.0 - d) * sgn
+                f[ih] = d
+                q[ih] = hyst_noise2 * (1.0 - d) + 1e-10 * dt_s
+            if ib >= 0:
+                q[ib] = bias_walk
+                pbb = pl[ib, ib]
+                for r in range(k_states):
+                    alpha[r] = f[r] * pl[r, ib] + g[r] * pbb
+            # P' = F P F^T + Q with F = diag(f) + g e_b^T (upper triangle; b is last).
+            for r in range(k_states):
+                for s in range(r, k_states):
+                    prs = pl[r, s] * f[r]
+                    if ib >= 0:
+                        prs += g[r] * pl[s, ib]
+                    prs *= f[s]
+                    if ib >= 0:
+                        prs += g[s] * alpha[r]
+                    if r == s:
+                        prs += q[r]
+                    pl[r, s] = prs
+        # -- measurement update
+        inv = 1.0 / math.sqrt(max(pl[0, 0], 1e-14))
+        for r in range(k_states):
+            lcol[r] = pl[0, r] * inv
+        step = hstep if spkf else EKF_SOC_STEP * inv
+        i_eff = i_m - x[ib, c] if bias_v else i_m
+        vsum = 0.0
+        lv = 0.0
+        for kk in range(n_rc):
+            vsum += x[1 + kk, c]
+            lv += lcol[1 + kk]
+        h = x[ih, c] if ih >= 0 else 0.0
+        lh_h = lcol[ih] if ih >= 0 else 0.0
+        lb = lcol[ib] if bias_v else 0.0
+        y0 = 0.0
+        y_plus = 0.0
+        y_minus = 0.0
+        m0 = 0.0
+        r00 = 0.0
+        for point in range(3):
+            dstep = 0.0 if point == 0 else (step if point == 1 else -step)
+            z = x[0, c] + dstep * lcol[0]
+            xs = min(max(z * top, 0.0), top)
+            seg = int(xs)
+            fz = xs - seg
+            idx = jb + seg
+            y = _bilinear(coef, idx, 0, fz, ft)
+            r0 = _bilinear(coef, idx, 2, fz, ft) * r_scale[c]
+            ie = i_eff - dstep * lb if point > 0 else i_eff
+            y -= r0 * ie
+            y -= vsum
+            m = 0.0
+            if ih >= 0:
+                m = _bilinear(coef, idx, 1, fz, ft)
+                y += m * (h + dstep * lh_h)
+            y -= dstep * lv
+            if point == 0:
+                y0 = y
+                m0 = m
+                r00 = r0
+            elif point == 1:
+                y_plus = y
+            else:
+                y_minus = y
+        oc_prior_v[c] = y0 + r00 * i_eff
+        dcol = (y_plus - y_minus) / (2.0 * step)
+        pyy = r_meas + dcol * dcol
+        if pol_error > 0:
+            pol = abs(r00 * i_eff)
+            for kk in range(n_rc):
+                pol += abs(x[1 + kk, c])
+            pol *= pol_error
+            pyy += pol * pol * model_factor
+        if spkf:
+            s2 = y_plus + y_minus - 2.0 * y0
+            y_hat = y0 + s2 / (2.0 * hs2)
+            pyy += curv * (s2 * s2)
+        else:
+            y_hat = y0
+        if ocv_soc_error > 0:
+            xs = min(max(x[0, c] * top, 0.0), top)
+            idx = jb + int(xs)
+            slope = (coef[idx, 0, 1] + coef[idx, 0, 3] * ft) * top * ocv_soc_error
+            pyy += slope * slope
+        # Affine part H at the mean: v_k -> -1, h -> M, b -> R0 (bias in the voltage).
+        lh = -lv
+        if ih >= 0:
+            lh += lh_h * m0
+        if bias_v:
+            lh += lb * r00
+        for r in range(1, k_states):
+            acc = -(lcol[r] * lh)
+            for kk in range(n_rc):
+                col = 1 + kk
+                acc -= pl[r, col] if r <= col else pl[col, r]
+            if ih >= 0:
+                acc += (pl[r, ih] if r <= ih else pl[ih, r]) * m0
+            if bias_v:
+                acc += pl[r, ib] * r00
+            u[r] = acc
+        for kk in range(n_rc):
+            pyy -= u[1 + kk]
+        if ih >= 0:
+            pyy += u[ih] * m0
+        if bias_v:
+            pyy += u[ib] * r00
+        pyy = max(pyy, 1e-12)
+        innovation_std_v[c] = math.sqrt(pyy)
+        v = voltage_v[c]
+        if voltage_ok[c] and math.isfinite(v):
+            innov = v - y_hat
+            innovation_v[c] = innov
+            inv_pyy = 1.0 / pyy
+        else:
+            innovation_v[c] = math.nan
+            innov = 0.0
+            inv_pyy = 0.0
+        u[0] = lcol[0] * dcol
+        for r in range(1, k_states):
+            u[r] += lcol[r] * dcol
+        for r in range(k_states):
+            gr = u[r] * inv_pyy
+            x[r, c] += gr * innov
+            for s in range(r, k_states):
+                P[r, s, c] = pl[r, s] - gr * u[s]
+            P[r, r, c] = max(P[r, r, c], 1e-14)
+        z = min(max(x[0, c], 0.0), 1.0)
+        x[0, c] = z
+        if ih >= 0:
+            x[ih, c] = min(max(x[ih, c], -1.0), 1.0)
+        # Posterior open-circuit voltage and R0 table value (state of health and power).
+        if has_post:
+            xs = min(max(z * top, 0.0), top)
+            seg = int(xs)
+            fz = xs - seg
+            idx = jb + seg
+            oc = _bilinear(coef, idx, 0, fz, ft)
+            if ih >= 0:
+                oc += _bilinear(coef, idx, 1, fz, ft) * x[ih, c]
+            for kk in range(n_rc):
+                oc -= x[1 + kk, c]
+            oc_post_v[c] = oc
+            r0_post_ohm[c] = _bilinear(coef, idx, 2, fz, ft)
+
+
 # -- the filter --------------------------------------------------------------------------------
 
 
@@ -398,9 +879,57 @@ class SocKalmanFilter:
         self.innovation_std_v = np.zeros(n_cells)
         #: ``OCV + M h - sum v_k`` of the predicted (prior) state of the last update [V].
         self.open_circuit_prior_v = np.zeros(n_cells)
+        #: ``OCV + M h - sum v_k`` of the posterior state of the last update [V].
+        self.open_circuit_post_v = np.zeros(n_cells)
+        #: R0 table value at the posterior (SoC, T) of the last update [ohm] (no ``r_scale``).
+        self.r0_table_ohm = np.zeros(n_cells)
+        #: Charge taken out of each cell since the start, as counted by the filter [Ah]
+        #: (offset removed, coulombic efficiency on charge, leakage included).
+        self.charge_ah = np.zeros(n_cells)
         self._last_dt_s = 1.0
+        self._all_valid = np.ones(n_cells, dtype=np.bool_)
+        self._no_leak = np.zeros(0)
+        # Accumulated by count() until the cell's next update_counted(): sum |dz|, sum dz/di
+        # [1/A] and the measured charge [A s].
+        self._acc_abs_dz = np.zeros(n_cells)
+        self._acc_gain = np.zeros(n_cells)
+        self._acc_charge_as = np.zeros(n_cells)
+        cfg = self.config
+        self._settings = np.array(
+            [
+                cfg.sigma_step,
+                0.0,  # measurement variance (per step)
+                0.0,  # model-error factor (per step)
+                p.hysteresis_rate,
+                cfg.rc_error,
+                cfg.current_noise_a,
+                cfg.current_gain_error**2 + cfg.capacity_error**2,
+                0.0,  # SoC random walk variance over the step
+                cfg.hysteresis_noise**2,
+                0.0,  # offset random walk variance over the step
+                cfg.ocv_soc_error,
+                cfg.polarisation_error,
+            ]
+        )
+        self._settings_dt = (math.nan, math.nan)
+        self._flags = np.array(
+            [
+                self.n_rc,
+                -1 if self.i_h is None else self.i_h,
+                -1 if self.i_b is None else self.i_b,
+                1 if cfg.method == "spkf" else 0,
+                1 if cfg.bias_in_voltage else 0,
+                1 if self._tab.eta_is_one else 0,
+            ],
+            dtype=np.intp,
+        )
 
     # -- state access ----------------------------------------------------------------------
+    @property
+    def tables(self) -> _Tables:
+        """The filter's interpolation tables (for the compiled state-of-power kernels)."""
+        return self._tab
+
     def _p(self, r: int, s: int) -> FloatArray:
         out: FloatArray = self.P[r, s] if r <= s else self.P[s, r]
         return out
@@ -557,6 +1086,7 @@ class SocKalmanFilter:
         The SoC is the OCV inversion of ``v + R0 i`` on the mean branch; its std covers the
         unknown hysteresis (the distance to the charge and discharge branches) and the model
         error divided by the local OCV slope, so on a flat LFP plateau the prior is wide.
+        ``open_circuit_post_v`` and ``r0_table_ohm`` are set for that state.
 
         Parameters
         ----------
@@ -586,6 +1116,7 @@ class SocKalmanFilter:
         z0 = np.where(ok, z_mid, 0.5)
         std = np.where(ok, std, 0.5)
         self.initialise(z0, std)
+        self.refresh_posterior(slice(None), jb, ft)
 
     def _voltage_model(
         self, soc: FloatArray, jb: IntArray, ft: FloatArray
@@ -621,11 +1152,15 @@ class SocKalmanFilter:
     def step(
         self,
         dt_s: float,
-        current_a: FloatArray,
+        current_a: FloatArray | float,
         voltage_v: FloatArray,
         temperature_degc: FloatArray | float,
         valid: BoolArray | None = None,
         zero_current: BoolArray | None = None,
+        *,
+        current_group: int = 1,
+        temperature_group: int = 1,
+        leak_current_a: FloatArray | None = None,
     ) -> FloatArray:
         """Time update over ``dt_s`` with the measured current, then the voltage update.
 
@@ -633,18 +1168,25 @@ class SocKalmanFilter:
         ----------
         dt_s : float
             Time since the previous sample [s] (> 0; a non-positive step only updates).
-        current_a : numpy.ndarray
-            Measured current of each cell [A], positive = discharge (its string's current).
+        current_a : numpy.ndarray or float
+            Measured current [A], positive = discharge: one per cell, or one per group of
+            ``current_group`` consecutive cells (a string's sensor); non-finite values count as 0.
         voltage_v : numpy.ndarray
             Measured voltage at the end of the step [V].
         temperature_degc : numpy.ndarray or float
-            Cell temperature [degC].
+            Cell temperature [degC], one per cell or per group of ``temperature_group``
+            consecutive cells (a module's sensors); non-finite values count as 25 degC.
         valid : numpy.ndarray of bool, optional
             Voltage validity; invalid (or non-finite) voltages are not used.
         zero_current : numpy.ndarray of bool, optional
             Cells whose true current is known to be zero (contactors open): their measured
             current is then a direct reading of the sensor offset (zero-current calibration,
             with the variance ``current_noise_a^2``, at least (0.1 % C)^2).
+        current_group, temperature_group : int
+            Cells per current / temperature value (1: one per cell).
+        leak_current_a : numpy.ndarray, optional
+            Known current drawn inside each cell and not seen by the sensor [A] (balancing
+            bleed): counted in the SoC, not in the voltage.
 
         Returns
         -------
@@ -654,15 +1196,332 @@ class SocKalmanFilter:
         if not self._initialised:
             raise ValueError("initialise the filter before the first step")
         n = self.n_cells
-        temp = self._temperature(temperature_degc)
-        i = np.broadcast_to(np.asarray(current_a, dtype=np.float64), (n,))
+        if (
+            current_group < 1
+            or n % current_group
+            or temperature_group < 1
+            or (n % temperature_group)
+        ):
+            raise ValueError(
+                f"current_group {current_group} and temperature_group {temperature_group} "
+                f"must divide the number of cells {n}"
+            )
+        if dt_s > 0:
+            self._last_dt_s = float(dt_s)
+        if self.config.compiled and NUMBA_AVAILABLE:
+            self._step_compiled(
+                dt_s,
+                current_a,
+                voltage_v,
+                temperature_degc,
+                valid,
+                current_group,
+                temperature_group,
+                leak_current_a,
+            )
+        else:
+            self._step_numpy(
+                dt_s,
+                current_a,
+                voltage_v,
+                temperature_degc,
+                valid,
+                current_group,
+                temperature_group,
+                leak_current_a,
+            )
+        if zero_current is not None and self.i_b is not None:
+            i = np.broadcast_to(np.asarray(current_a, dtype=np.float64), (n // current_group,))
+            i = np.where(np.isfinite(i), i, 0.0).repeat(current_group)
+            self._zero_current_update(i, np.broadcast_to(np.asarray(zero_current, bool), (n,)))
+        return self.soc
+
+    def count(
+        self,
+        dt_s: float,
+        current_a: FloatArray | float,
+        temperature_degc: FloatArray | float,
+        *,
+        current_group: int = 1,
+        temperature_group: int = 1,
+        leak_current_a: FloatArray | None = None,
+    ) -> FloatArray:
+        """Move every cell's SoC by the counted charge only (between :meth:`update_counted`).
+
+        The cheap part of the time update, for a BMS that runs the full filter on a share of
+        its cells per cycle: the SoC mean moves exactly as :meth:`step` would move it, and
+        what the covariance, the RC pairs and the hysteresis need is accumulated per cell
+        until the cell's next :meth:`update_counted`.
+
+        Parameters
+        ----------
+        dt_s : float
+            Interval [s] (> 0; otherwise nothing happens).
+        current_a : numpy.ndarray or float
+            Measured current held over the interval [A], positive = discharge, one per group
+            of ``current_group`` cells.
+        temperature_degc : numpy.ndarray or float
+            Temperature [degC], one per group of ``temperature_group`` cells.
+        current_group, temperature_group : int
+            Cells per current / temperature value.
+        leak_current_a : numpy.ndarray, optional
+            Known internal current of each cell over the interval [A] (balancing bleed).
+
+        Returns
+        -------
+        numpy.ndarray
+            SoC estimate [fraction].
+        """
+        if not self._initialised:
+            raise ValueError("initialise the filter before counting")
+        if dt_s <= 0:
+            return self.soc
+        n = self.n_cells
+        leak = self._no_leak
+        if leak_current_a is not None:
+            leak = np.ascontiguousarray(
+                np.broadcast_to(np.asarray(leak_current_a, dtype=np.float64), (n,))
+            )
+        tab = self._tab
+        _count_kernel(
+            tab.temps,
+            tab.inv_width,
+            tab.eta,
+            tab.eta_slope,
+            self.x,
+            self.capacity_ah,
+            self._grouped(current_a, current_group),
+            current_group,
+            self._grouped(temperature_degc, temperature_group),
+            temperature_group,
+            leak,
+            float(dt_s),
+            -1 if self.i_b is None else self.i_b,
+            tab.eta_is_one,
+            self._acc_abs_dz,
+            self._acc_gain,
+            self._acc_charge_as,
+            self.charge_ah,
+        )
+        return self.soc
+
+    def update_counted(
+        self,
+        dt_s: float,
+        current_a: FloatArray | float,
+        voltage_v: FloatArray,
+        temperature_degc: FloatArray | float,
+        valid: BoolArray | None = None,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        current_group: int = 1,
+        temperature_group: int = 1,
+    ) -> None:
+        """Full filter update of the cells ``start .. stop - 1`` after :meth:`count` calls.
+
+        The time update over ``dt_s`` (since these cells' previous update) takes the
+        accumulated count (the SoC mean has already moved; the RC pairs see the mean current
+        of the interval, the exact zero-order hold when the current was constant), then the
+        measurement update uses ``current_a`` and ``voltage_v`` of now.
+
+        Parameters
+        ----------
+        dt_s : float
+            Time since these cells' previous update [s].
+        current_a : numpy.ndarray or float
+            Measured current now [A], one per group of ``current_group`` cells (all cells).
+        voltage_v : numpy.ndarray
+            Measured voltage now [V], shape ``(N,)``.
+        temperature_degc : numpy.ndarray or float
+            Temperature [degC], one per group of ``temperature_group`` cells (all cells).
+        valid : numpy.ndarray of bool, optional
+            Voltage validity, shape ``(N,)``.
+        start, stop : int
+            Cell range to update (default all).
+        current_group, temperature_group : int
+            Cells per current / temperature value.
+        """
+        if not self._initialised:
+            raise ValueError("initialise the filter before the first update")
+        n = self.n_cells
+        stop = n if stop is None else stop
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"cell range {start}..{stop} outside 0..{n}")
+        predict = dt_s > 0
+        dt = float(dt_s) if predict else 0.0
+        self._run_kernel(
+            dt,
+            predict,
+            True,
+            start,
+            stop,
+            current_a,
+            current_group,
+            voltage_v,
+            valid,
+            temperature_degc,
+            temperature_group,
+            None,
+        )
+
+    def _grouped(self, values: FloatArray | float, group: int) -> FloatArray:
+        """``values`` as a contiguous float array of ``n / group`` entries (NaN/inf kept)."""
+        m = self.n_cells // group
+        if (
+            isinstance(values, np.ndarray)
+            and values.dtype == np.float64
+            and values.shape == (m,)
+            and values.flags.c_contiguous
+        ):
+            return values
+        return np.ascontiguousarray(
+            np.broadcast_to(np.asarray(values, dtype=np.float64), (m,)), dtype=np.float64
+        )
+
+    def _step_compiled(
+        self,
+        dt_s: float,
+        current_a: FloatArray | float,
+        voltage_v: FloatArray,
+        temperature_degc: FloatArray | float,
+        valid: BoolArray | None,
+        current_group: int,
+        temperature_group: int,
+        leak_current_a: FloatArray | None,
+    ) -> None:
+        """One update of every cell by :func:`_filter_kernel`."""
+        predict = dt_s > 0
+        self._run_kernel(
+            float(dt_s) if predict else 0.0,
+            predict,
+            False,
+            0,
+            self.n_cells,
+            current_a,
+            current_group,
+            voltage_v,
+            valid,
+            temperature_degc,
+            temperature_group,
+            leak_current_a,
+        )
+
+    def _run_kernel(
+        self,
+        dt: float,
+        predict: bool,
+        counted: bool,
+        start: int,
+        stop: int,
+        current_a: FloatArray | float,
+        current_group: int,
+        voltage_v: FloatArray,
+        valid: BoolArray | None,
+        temperature_degc: FloatArray | float,
+        temperature_group: int,
+        leak_current_a: FloatArray | None,
+    ) -> None:
+        """Call :func:`_filter_kernel` on the cells ``start .. stop - 1``."""
+        n = self.n_cells
+        cfg = self.config
+        tab = self._tab
+        v = voltage_v
+        if not (
+            isinstance(v, np.ndarray)
+            and v.dtype == np.float64
+            and v.shape == (n,)
+            and v.flags.c_contiguous
+        ):
+            v = np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)))
+        ok = self._all_valid if valid is None else valid
+        if not (
+            isinstance(ok, np.ndarray)
+            and ok.dtype == np.bool_
+            and ok.shape == (n,)
+            and ok.flags.c_contiguous
+        ):
+            ok = np.ascontiguousarray(np.broadcast_to(np.asarray(ok, dtype=np.bool_), (n,)))
+        leak = self._no_leak
+        if leak_current_a is not None:
+            leak = np.ascontiguousarray(
+                np.broadcast_to(np.asarray(leak_current_a, dtype=np.float64), (n,))
+            )
+        sample_dt = dt if predict else self._last_dt_s
+        settings = self._settings
+        if (sample_dt, dt) != self._settings_dt:
+            self._settings_dt = (sample_dt, dt)
+            settings[1] = cfg.measurement_variance(sample_dt)
+            settings[2] = cfg.model_error_factor(sample_dt)
+            settings[7] = cfg.soc_random_walk_per_sqrt_s**2 * dt
+            settings[9] = cfg.bias_random_walk_a_per_sqrt_s**2 * dt
+        _filter_kernel(
+            tab.coef_cells,
+            tab.ns,
+            tab.temps,
+            tab.inv_width,
+            tab.tau_rows,
+            tab.tau_slopes,
+            tab.eta,
+            tab.eta_slope,
+            self.x,
+            self.P,
+            self.capacity_ah,
+            self.r_scale,
+            self._grouped(current_a, current_group),
+            current_group,
+            v,
+            ok,
+            self._grouped(temperature_degc, temperature_group),
+            temperature_group,
+            leak,
+            dt,
+            predict,
+            counted,
+            start,
+            stop,
+            settings,
+            self._flags,
+            self._acc_abs_dz,
+            self._acc_gain,
+            self._acc_charge_as,
+            self.innovation_v,
+            self.innovation_std_v,
+            self.open_circuit_prior_v,
+            self.open_circuit_post_v,
+            self.r0_table_ohm,
+            self.charge_ah,
+        )
+
+    def _step_numpy(
+        self,
+        dt_s: float,
+        current_a: FloatArray | float,
+        voltage_v: FloatArray,
+        temperature_degc: FloatArray | float,
+        valid: BoolArray | None,
+        current_group: int,
+        temperature_group: int,
+        leak_current_a: FloatArray | None,
+    ) -> None:
+        """One update of every cell with numpy, chunk by chunk (the reference path)."""
+        n = self.n_cells
+        cur = np.asarray(current_a, dtype=np.float64)
+        if current_group > 1:
+            cur = np.broadcast_to(cur, (n // current_group,)).repeat(current_group)
+        temp_in = np.asarray(temperature_degc, dtype=np.float64)
+        if temperature_group > 1:
+            temp_in = np.broadcast_to(temp_in, (n // temperature_group,)).repeat(temperature_group)
+        temp = self._temperature(temp_in)
+        i = np.broadcast_to(cur, (n,))
         i = np.where(np.isfinite(i), i, 0.0)
         v = np.broadcast_to(np.asarray(voltage_v, dtype=np.float64), (n,))
         ok = np.isfinite(v)
         if valid is not None:
             ok &= np.broadcast_to(np.asarray(valid, dtype=bool), (n,))
-        if dt_s > 0:
-            self._last_dt_s = float(dt_s)
+        leak = None
+        if leak_current_a is not None:
+            leak = np.broadcast_to(np.asarray(leak_current_a, dtype=np.float64), (n,))
         r_meas = self.config.measurement_variance(self._last_dt_s)
         self._scaled = not bool(np.all(self.r_scale == 1.0))
         # Chunks that stay in the processor cache (the arithmetic is memory-bound).
@@ -671,11 +1530,62 @@ class SocKalmanFilter:
             sl = slice(start, min(start + size, n))
             jb, ft = self._tab.temperature_weights(temp[sl])
             if dt_s > 0:
-                self._predict(sl, float(dt_s), i[sl], jb, ft)
+                self._predict(sl, float(dt_s), i[sl], jb, ft, None if leak is None else leak[sl])
             self._correct(sl, v[sl], i[sl], jb, ft, ok[sl], r_meas)
-        if zero_current is not None and self.i_b is not None:
-            self._zero_current_update(i, np.broadcast_to(np.asarray(zero_current, bool), (n,)))
-        return self.soc
+            self.refresh_posterior(sl, jb, ft)
+
+    def refresh_posterior(self, sl: slice, jb: IntArray, ft: FloatArray) -> None:
+        """Set ``open_circuit_post_v`` and ``r0_table_ohm`` of the cells ``sl`` from the state.
+
+        Parameters
+        ----------
+        sl : slice
+            The cells.
+        jb, ft : numpy.ndarray
+            Their temperature weights, ``tables.temperature_weights(temperature_degc)``.
+        """
+        tab = self._tab
+        idx, fz = tab.soc_index(self.x[0, sl], jb)
+        oc = tab.value(0, idx, fz, ft)
+        if self.i_h is not None:
+            oc += tab.value(1, idx, fz, ft) * self.x[self.i_h, sl]
+        for k in self.i_v:
+            oc -= self.x[k, sl]
+        self.open_circuit_post_v[sl] = oc
+        self.r0_table_ohm[sl] = tab.value(2, idx, fz, ft)
+
+    def zero_current_update(
+        self,
+        current_a: FloatArray | float,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        current_group: int = 1,
+    ) -> None:
+        """Read the current offset of the cells ``start .. stop - 1`` at zero true current.
+
+        Call it when the current is known to be zero (contactors open): the measured current
+        is then a direct reading of the sensor offset (variance ``current_noise_a^2``, at least
+        (0.1 % C)^2). Without the offset state it does nothing.
+
+        Parameters
+        ----------
+        current_a : numpy.ndarray or float
+            Measured current [A], one per group of ``current_group`` cells (all cells).
+        start, stop : int
+            Cell range (default all).
+        current_group : int
+            Cells per current value.
+        """
+        if self.i_b is None:
+            return
+        n = self.n_cells
+        stop = n if stop is None else stop
+        i = self._grouped(current_a, current_group)
+        i = np.where(np.isfinite(i), i, 0.0).repeat(current_group)
+        mask = np.zeros(n, dtype=bool)
+        mask[start:stop] = True
+        self._zero_current_update(i, mask)
 
     def _zero_current_update(self, i_m: FloatArray, mask: BoolArray) -> None:
         """Scalar update of the cells in ``mask`` with ``i_m = b + noise`` (true current 0)."""
@@ -695,7 +1605,13 @@ class SocKalmanFilter:
         np.clip(self.x[0], 0.0, 1.0, out=self.x[0])
 
     def _predict(
-        self, sl: slice, dt_s: float, i_m: FloatArray, jb: IntArray, ft: FloatArray
+        self,
+        sl: slice,
+        dt_s: float,
+        i_m: FloatArray,
+        jb: IntArray,
+        ft: FloatArray,
+        leak_a: FloatArray | None = None,
     ) -> None:
         """Time update of the cells ``sl`` (state and covariance views updated in place)."""
         cfg = self.config
@@ -752,8 +1668,10 @@ class SocKalmanFilter:
         q[0] = q0
         if ib is not None:
             g[0] = c
+        dz_all = dz if leak_a is None else dz + leak_a * (dt_s / 3600.0) / cap
+        self.charge_ah[sl] += dz_all * cap
         x0 = x[0]
-        x0 -= dz
+        x0 -= dz_all
         np.clip(x0, 0.0, 1.0, out=x0)
         if ih is not None:
             gamma = self.model.params.hysteresis_rate
@@ -859,6 +1777,15 @@ class SocKalmanFilter:
         dcol = y_plus - y_minus
         dcol /= 2.0 * step
         pyy = r_meas + dcol * dcol
+        if cfg.polarisation_error > 0:
+            # Model error proportional to the modelled polarisation (see KalmanConfig).
+            pol = np.abs(r00 * i_eff)
+            for k in self.i_v:
+                pol += np.abs(x[k])
+            pol *= cfg.polarisation_error
+            pol *= pol
+            pol *= self.config.model_error_factor(self._last_dt_s)
+            pyy += pol
         if cfg.method == "spkf":
             s2 = y_plus + y_minus
             s2 -= 2.0 * y0
@@ -993,38 +1920,76 @@ class CapacityEstimator:
         soc, soc_std : numpy.ndarray
             SoC estimate and its std after the step [fraction].
         """
-        self._net_ah += dq_ah
-        confident = soc_std <= self.max_anchor_std
-        fresh = confident & ~np.isfinite(self._anchor_soc)
-        dz = self._anchor_soc - soc
-        due = confident & np.isfinite(dz) & (np.abs(dz) >= self.min_delta_soc)
-        if np.any(due):
-            dzd = dz[due]
-            dq = self._net_ah[due] - self._anchor_ah[due]
-            meas = dq / dzd
-            rel_var = (self._anchor_var[due] + soc_std[due] ** 2) / dzd**2
-            rel_var += self.current_gain_error**2
-            var_m = meas**2 * rel_var
-            plausible = (meas > 0.2 * self.capacity_ah[due]) & (meas < 5.0 * self.capacity_ah[due])
-            info_prior = self.forgetting / self.capacity_std_ah[due] ** 2
-            info_m = np.where(plausible, 1.0 / var_m, 0.0)
+        _capacity_kernel(
+            np.ascontiguousarray(dq_ah, dtype=np.float64),
+            np.ascontiguousarray(soc, dtype=np.float64),
+            np.ascontiguousarray(soc_std, dtype=np.float64),
+            self.min_delta_soc,
+            self.max_anchor_std,
+            self.current_gain_error,
+            self.forgetting,
+            self.capacity_ah,
+            self.capacity_std_ah,
+            self.measurements,
+            self._anchor_soc,
+            self._anchor_var,
+            self._anchor_ah,
+            self._net_ah,
+        )
+
+
+@jit
+def _capacity_kernel(
+    dq_ah: FloatArray,
+    soc: FloatArray,
+    soc_std: FloatArray,
+    min_delta_soc: float,
+    max_anchor_std: float,
+    gain_error: float,
+    forgetting: float,
+    capacity_ah: FloatArray,
+    capacity_std_ah: FloatArray,
+    measurements: IntArray,
+    anchor_soc: FloatArray,
+    anchor_var: FloatArray,
+    anchor_ah: FloatArray,
+    net_ah: FloatArray,
+) -> None:
+    """:meth:`CapacityEstimator.update`, cell by cell (see there)."""
+    for c in range(soc.shape[0]):
+        net_ah[c] += dq_ah[c]
+        std = soc_std[c]
+        confident = std <= max_anchor_std
+        dz = anchor_soc[c] - soc[c]
+        fresh = confident and not math.isfinite(anchor_soc[c])
+        due = confident and math.isfinite(dz) and abs(dz) >= min_delta_soc
+        if due:
+            meas = (net_ah[c] - anchor_ah[c]) / dz
+            rel_var = (anchor_var[c] + std * std) / (dz * dz) + gain_error * gain_error
+            cap = capacity_ah[c]
+            info_prior = forgetting / capacity_std_ah[c] ** 2
+            info_m = 0.0
+            plausible = 0.2 * cap < meas < 5.0 * cap
+            if plausible:
+                info_m = 1.0 / (meas * meas * rel_var)
+                measurements[c] += 1
             info = info_prior + info_m
-            new = (info_prior * self.capacity_ah[due] + info_m * meas) / info
-            self.capacity_ah[due] = new
-            self.capacity_std_ah[due] = np.sqrt(1.0 / info)
-            self.measurements[due] += plausible
-        reset = fresh | due
-        if np.any(reset):
-            self._anchor_soc[reset] = soc[reset]
-            self._anchor_var[reset] = soc_std[reset] ** 2
-            self._anchor_ah[reset] = self._net_ah[reset]
-        # A better-known point near the anchor replaces it.
-        better = confident & np.isfinite(self._anchor_var) & (soc_std**2 < self._anchor_var)
-        near = better & (np.abs(dz) < 0.02)
-        if np.any(near):
-            self._anchor_soc[near] = soc[near]
-            self._anchor_var[near] = soc_std[near] ** 2
-            self._anchor_ah[near] = self._net_ah[near]
+            capacity_ah[c] = (info_prior * cap + info_m * meas) / info
+            capacity_std_ah[c] = math.sqrt(1.0 / info)
+        if fresh or due:
+            anchor_soc[c] = soc[c]
+            anchor_var[c] = std * std
+            anchor_ah[c] = net_ah[c]
+        elif (
+            confident
+            and math.isfinite(anchor_var[c])
+            and std * std < anchor_var[c]
+            and abs(dz) < 0.02
+        ):
+            # A better-known point near the anchor replaces it.
+            anchor_soc[c] = soc[c]
+            anchor_var[c] = std * std
+            anchor_ah[c] = net_ah[c]
 
 
 @dataclass
@@ -1078,6 +2043,7 @@ class ResistanceEstimator:
         dv_model_v: FloatArray,
         r0_table_ohm: FloatArray,
         capacity_ah: FloatArray,
+        cells: IntArray | None = None,
     ) -> None:
         """Take a measurement where the current stepped.
 
@@ -1096,23 +2062,26 @@ class ResistanceEstimator:
             R0 table value at the present (SoC, T) [ohm].
         capacity_ah : numpy.ndarray
             Capacity [Ah] (for the step threshold).
+        cells : numpy.ndarray of int, optional
+            The cells the arrays describe (default: all, in order).
         """
         if dt_s > self.max_dt_s or dt_s <= 0:
             return
         big = np.isfinite(dv_v) & (np.abs(di_a) >= self.min_step_c * capacity_ah)
         if not np.any(big):
             return
+        target = np.flatnonzero(big) if cells is None else np.asarray(cells)[big]
         di = di_a[big]
         r_tab = r0_table_ohm[big]
         meas = -(dv_v[big] - dv_model_v[big]) / (di * r_tab)
         var = 2.0 * self.voltage_noise_v**2 / (di * r_tab) ** 2 + self.rel_error**2
         plausible = (meas > 0.2) & (meas < 10.0)
-        info_prior = self.forgetting / self.scale_std[big] ** 2
+        info_prior = self.forgetting / self.scale_std[target] ** 2
         info_m = np.where(plausible, 1.0 / var, 0.0)
         info = info_prior + info_m
-        self.scale[big] = (info_prior * self.scale[big] + info_m * meas) / info
-        self.scale_std[big] = np.sqrt(1.0 / info)
-        self.measurements[big] += plausible
+        self.scale[target] = (info_prior * self.scale[target] + info_m * meas) / info
+        self.scale_std[target] = np.sqrt(1.0 / info)
+        self.measurements[target] += plausible
 
 
 # -- state of power --------------------------------------------------------------------------
@@ -1318,6 +2287,665 @@ def power_limits(
         out[f"{direction}_voltage_v"] = v_lim
         out[f"{direction}_power_w"] = mag * v_lim
         out[f"{direction}_resistance_ohm"] = np.where(start_limits, r0, r_w)
+    return PowerLimits(horizon_s=float(horizon_s), **out)
+
+
+# -- state of power, compiled (per cell) -----------------------------------------------------
+
+
+@jit
+def _sop_voltage(
+    coef: FloatArray,
+    n_soc: int,
+    jb: int,
+    ft: float,
+    z: float,
+    ocv0: float,
+    vr: FloatArray,
+    h: float,
+    cap: float,
+    r_scale: float,
+    eta_c: float,
+    gamma: float,
+    current_a: float,
+    t_s: float,
+    decay: FloatArray,
+    weight: FloatArray,
+) -> tuple[float, float]:
+    """:func:`power_limits`' ``voltage_at`` for one cell: voltage after ``t_s`` and dv/di.
+
+    ``decay[k] = exp(-t / tau_k)``; ``weight[m, k]`` the exact weights of the sub-intervals.
+    """
+    top = n_soc - 1.0
+    n_rc = vr.shape[0]
+    eta = eta_c if current_a < 0 else 1.0
+    dz = eta * current_a * t_s / (3600.0 * cap)
+    ze = min(max(z - dz, 0.0), 1.0)
+    xs = min(max(ze * top, 0.0), top)
+    seg = int(xs)
+    fz = xs - seg
+    idx = jb + seg
+    ocv_e = _bilinear(coef, idx, 0, fz, ft)
+    m_e = _bilinear(coef, idx, 1, fz, ft)
+    r0_e = _bilinear(coef, idx, 2, fz, ft)
+    sgn = 1.0 if current_a > 0 else (-1.0 if current_a < 0 else 0.0)
+    he = -sgn + (h + sgn) * math.exp(-abs(dz) * gamma)
+    v = ocv_e + m_e * he - r0_e * r_scale * current_a
+    rc_sum = 0.0
+    rk_total = 0.0
+    for k in range(n_rc):
+        rk = 0.0
+        for m in range(SOP_SUBINTERVALS):
+            zm = min(max(z - dz * 0.5 * (2.0 * m + 1.0) / SOP_SUBINTERVALS, 0.0), 1.0)
+            xm = min(max(zm * top, 0.0), top)
+            sm = int(xm)
+            rk += _bilinear(coef, jb + sm, 3 + k, xm - sm, ft) * weight[m, k]
+        rk *= r_scale
+        rc_sum += decay[k] * vr[k] + rk * current_a
+        rk_total += rk
+    v -= rc_sum
+    moved = ze - z
+    slope = (ocv_e - ocv0) / moved if abs(moved) > 1e-9 else 0.0
+    r_inc = r0_e * r_scale + rk_total + max(slope, 0.0) * eta * t_s / (3600.0 * cap)
+    return v, r_inc
+
+
+@jit
+def _sop_worst(
+    coef: FloatArray,
+    n_soc: int,
+    jb: int,
+    ft: float,
+    z: float,
+    ocv0: float,
+    vr: FloatArray,
+    h: float,
+    cap: float,
+    r_scale: float,
+    eta_c: float,
+    gamma: float,
+    current_a: float,
+    sign: float,
+    instants: FloatArray,
+    decay: FloatArray,
+    weight: FloatArray,
+) -> tuple[float, float]:
+    """The limiting voltage over the horizon (end, a third, two thirds) and its dv/di."""
+    v_w, r_w = _sop_voltage(
+        coef,
+        n_soc,
+        jb,
+        ft,
+        z,
+        ocv0,
+        vr,
+        h,
+        cap,
+        r_scale,
+        eta_c,
+        gamma,
+        current_a,
+        instants[0],
+        decay[0],
+        weight[0],
+    )
+    for q in range(1, 3):
+        v, r = _sop_voltage(
+            coef,
+            n_soc,
+            jb,
+            ft,
+            z,
+            ocv0,
+            vr,
+            h,
+            cap,
+            r_scale,
+            eta_c,
+            gamma,
+            current_a,
+            instants[q],
+            decay[q],
+            weight[q],
+        )
+        if sign * (v - v_w) < 0:
+            v_w = v
+            r_w = r
+    return v_w, r_w
+
+
+@jit
+def _sop_solve(
+    coef: FloatArray,
+    n_soc: int,
+    jb: int,
+    ft: float,
+    taus: FloatArray,
+    eta_c: float,
+    z: float,
+    vr: FloatArray,
+    h: float,
+    cap: float,
+    r_scale: float,
+    limit_v: float,
+    i_cap: float,
+    soc_min: float,
+    soc_max: float,
+    horizon_s: float,
+    sign: float,
+    gamma: float,
+    iterations: int,
+) -> tuple[float, float, float]:
+    """:func:`power_limits` for one cell and one direction: current, voltage, dv/di."""
+    n_rc = taus.shape[0]
+    instants = np.array([horizon_s, (1.0 / 3.0) * horizon_s, (2.0 / 3.0) * horizon_s])
+    decay = np.empty((3, n_rc))
+    weight = np.empty((3, SOP_SUBINTERVALS, n_rc))
+    for q in range(3):
+        t_s = instants[q]
+        for k in range(n_rc):
+            decay[q, k] = math.exp(-t_s / taus[k])
+            for m in range(SOP_SUBINTERVALS):
+                f0 = m / SOP_SUBINTERVALS
+                f1 = (m + 1) / SOP_SUBINTERVALS
+                weight[q, m, k] = math.exp(-(1.0 - f1) * t_s / taus[k]) - math.exp(
+                    -(1.0 - f0) * t_s / taus[k]
+                )
+    top = n_soc - 1.0
+    xs = min(max(z * top, 0.0), top)
+    seg = int(xs)
+    idx = jb + seg
+    fz = xs - seg
+    ocv0 = _bilinear(coef, idx, 0, fz, ft)
+    r0 = _bilinear(coef, idx, 2, fz, ft) * r_scale
+    v_start0 = ocv0 + _bilinear(coef, idx, 1, fz, ft) * h
+    for k in range(n_rc):
+        v_start0 -= vr[k]
+    if sign > 0:
+        i_soc = max(z - soc_min, 0.0) * 3600.0 * cap / horizon_s
+    else:
+        i_soc = max(soc_max - z, 0.0) * 3600.0 * cap / (horizon_s * eta_c)
+    i_start = max(sign * (v_start0 - limit_v), 0.0) / max(r0, 1e-9)
+    top_i = min(min(i_start, i_soc), i_cap)
+    if not math.isfinite(top_i):
+        top_i = 0.0
+    mag = top_i
+    for _ in range(iterations):
+        v_w, r_w = _sop_worst(
+            coef,
+            n_soc,
+            jb,
+            ft,
+            z,
+            ocv0,
+            vr,
+            h,
+            cap,
+            r_scale,
+            eta_c,
+            gamma,
+            sign * mag,
+            sign,
+            instants,
+            decay,
+            weight,
+        )
+        mag = min(max(mag + sign * (v_w - limit_v) / max(r_w, 1e-9), 0.0), top_i)
+    v_w, r_w = _sop_worst(
+        coef,
+        n_soc,
+        jb,
+        ft,
+        z,
+        ocv0,
+        vr,
+        h,
+        cap,
+        r_scale,
+        eta_c,
+        gamma,
+        sign * mag,
+        sign,
+        instants,
+        decay,
+        weight,
+    )
+    if sign * (v_w - limit_v) < 0:
+        mag = mag + sign * (v_w - limit_v) / max(r_w, 1e-9)
+    mag = max(mag, 0.0)
+    v_w, r_w = _sop_worst(
+        coef,
+        n_soc,
+        jb,
+        ft,
+        z,
+        ocv0,
+        vr,
+        h,
+        cap,
+        r_scale,
+        eta_c,
+        gamma,
+        sign * mag,
+        sign,
+        instants,
+        decay,
+        weight,
+    )
+    v_st = v_start0 - r0 * sign * mag
+    if sign * (v_st - v_w) < 0:
+        return mag, v_st, r0
+    return mag, v_w, r_w
+
+
+@jit
+def _sop_cells_kernel(
+    coef: FloatArray,
+    n_soc: int,
+    temps: FloatArray,
+    inv_width: FloatArray,
+    tau_rows: FloatArray,
+    tau_slopes: FloatArray,
+    eta_row: FloatArray,
+    eta_slope: FloatArray,
+    soc: FloatArray,
+    v_rc: FloatArray,
+    hysteresis: FloatArray,
+    temperature_degc: FloatArray,
+    capacity_ah: FloatArray,
+    r_scale: FloatArray,
+    sign: FloatArray,
+    horizon_s: FloatArray,
+    limit_v: FloatArray,
+    i_cap: FloatArray,
+    soc_min: float,
+    soc_max: float,
+    gamma: float,
+    iterations: int,
+    out: FloatArray,
+) -> None:
+    """:func:`_sop_solve` for a list of tasks (cell state, direction, horizon), into ``out``.
+
+    ``out`` rows: current [A] (>= 0), limiting voltage [V], its dv/di [ohm].
+    """
+    n_rc = v_rc.shape[0]
+    taus = np.empty(n_rc)
+    vr = np.empty(n_rc)
+    for c in range(soc.shape[0]):
+        j, ft = _temperature_row(temps, inv_width, temperature_degc[c])
+        for k in range(n_rc):
+            taus[k] = tau_slopes[k, j] * ft + tau_rows[k, j]
+            vr[k] = v_rc[k, c]
+        eta_c = eta_slope[j] * ft + eta_row[j]
+        mag, v_lim, r_lim = _sop_solve(
+            coef,
+            n_soc,
+            j * n_soc,
+            ft,
+            taus,
+            eta_c,
+            min(max(soc[c], 0.0), 1.0),
+            vr,
+            hysteresis[c],
+            capacity_ah[c],
+            r_scale[c],
+            limit_v[c],
+            i_cap[c],
+            soc_min,
+            soc_max,
+            horizon_s[c],
+            sign[c],
+            gamma,
+            iterations,
+        )
+        out[0, c] = mag
+        out[1, c] = v_lim
+        out[2, c] = r_lim
+
+
+@jit
+def _sop_screen_kernel(
+    coef: FloatArray,
+    n_soc: int,
+    temps: FloatArray,
+    inv_width: FloatArray,
+    tau_rows: FloatArray,
+    tau_slopes: FloatArray,
+    eta_row: FloatArray,
+    eta_slope: FloatArray,
+    x: FloatArray,
+    P: FloatArray,
+    capacity_ah: FloatArray,
+    r_scale: FloatArray,
+    temperature_degc: FloatArray,
+    temperature_group: int,
+    start: int,
+    stop: int,
+    ih: int,
+    n_rc: int,
+    horizons_s: FloatArray,
+    soc_sigma: float,
+    voltage_min_v: float,
+    voltage_max_v: float,
+    soc_min: float,
+    soc_max: float,
+    oc_h: FloatArray,
+    r_h: FloatArray,
+    lin_a: FloatArray,
+) -> None:
+    """Linear state of power of the cells ``start .. stop - 1`` (screening for the exact one).
+
+    Per direction ``d`` (0 discharge at ``z - soc_sigma std``, 1 charge at ``z + soc_sigma
+    std``) and horizon: ``lin_a`` the current that reaches the voltage limit (at the start or
+    at the end of the horizon) or the SoC window [A], and the cell's voltage as ``oc_h -+ I
+    r_h`` at the instant that limits at that current: at the end, ``oc_h`` is the open-circuit
+    voltage after the RC voltages decayed over the horizon [V] and ``r_h`` the resistance of
+    a constant current held over it (R0, the RC resistances charged over the horizon, the OCV
+    slope times the SoC moved) [ohm]; at the start, the present open-circuit voltage and R0.
+    """
+    n_h = horizons_s.shape[0]
+    top = n_soc - 1.0
+    a_hk = np.empty((n_h, max(n_rc, 1)))
+    group = -1
+    jb = 0
+    ft = 0.0
+    eta_t = 1.0
+    for c in range(start, stop):
+        gt = c // temperature_group
+        if gt != group:
+            group = gt
+            j, ft = _temperature_row(temps, inv_width, temperature_degc[gt])
+            jb = j * n_soc
+            eta_t = eta_slope[j] * ft + eta_row[j]
+            for hi in range(n_h):
+                for k in range(n_rc):
+                    a_hk[hi, k] = math.exp(
+                        -horizons_s[hi] / (tau_slopes[k, j] * ft + tau_rows[k, j])
+                    )
+        std = math.sqrt(max(P[0, 0, c], 0.0))
+        h = x[ih, c] if ih >= 0 else 0.0
+        cap = capacity_ah[c]
+        rs = r_scale[c]
+        for d in range(2):
+            sign = 1.0 if d == 0 else -1.0
+            zd = min(max(x[0, c] - sign * soc_sigma * std, 0.0), 1.0)
+            xs = min(max(zd * top, 0.0), top)
+            seg = int(xs)
+            fz = xs - seg
+            idx = jb + seg
+            ocv = _bilinear(coef, idx, 0, fz, ft)
+            slope = (coef[idx, 0, 1] + coef[idx, 0, 3] * ft) * top
+            ocm = ocv + _bilinear(coef, idx, 1, fz, ft) * h
+            r0 = _bilinear(coef, idx, 2, fz, ft) * rs
+            v0 = ocm
+            for k in range(n_rc):
+                v0 -= x[1 + k, c]
+            limit = voltage_min_v if d == 0 else voltage_max_v
+            i_start = max(sign * (v0 - limit), 0.0) / max(r0, 1e-9)
+            eta = 1.0 if d == 0 else eta_t
+            for hi in range(n_h):
+                horizon = horizons_s[hi]
+                oc = ocm
+                r = r0
+                for k in range(n_rc):
+                    a = a_hk[hi, k]
+                    oc -= a * x[1 + k, c]
+                    r += (1.0 - a) * _bilinear(coef, idx, 3 + k, fz, ft) * rs
+                r += max(slope, 0.0) * eta * horizon / (3600.0 * cap)
+                i_h = max(sign * (oc - limit), 0.0) / max(r, 1e-9)
+                if d == 0:
+                    i_soc = max(zd - soc_min, 0.0) * 3600.0 * cap / horizon
+                else:
+                    i_soc = max(soc_max - zd, 0.0) * 3600.0 * cap / (horizon * eta)
+                lin = min(min(i_start, i_h), i_soc)
+                # The voltage model of the string sum: the instant (start or end) that limits
+                # at this current.
+                if sign * ((v0 - sign * lin * r0) - (oc - sign * lin * r)) < 0:
+                    oc = v0
+                    r = r0
+                oc_h[d, hi, c] = oc
+                r_h[d, hi, c] = r
+                lin_a[d, hi, c] = lin
+
+
+@jit
+def _sop_pack_kernel(
+    coef: FloatArray,
+    n_soc: int,
+    temps: FloatArray,
+    inv_width: FloatArray,
+    tau_rows: FloatArray,
+    tau_slopes: FloatArray,
+    eta_row: FloatArray,
+    eta_slope: FloatArray,
+    x: FloatArray,
+    P: FloatArray,
+    capacity_ah: FloatArray,
+    r_scale: FloatArray,
+    temperature_degc: FloatArray,
+    temperature_group: int,
+    ih: int,
+    n_rc: int,
+    horizons_s: FloatArray,
+    soc_sigma: float,
+    voltage_min_v: float,
+    voltage_max_v: float,
+    soc_min: float,
+    soc_max: float,
+    gamma: float,
+    iterations: int,
+    lin_a: FloatArray,
+    oc_h: FloatArray,
+    r_h: FloatArray,
+    n_series: int,
+    string_cap_a: FloatArray,
+    power_w: FloatArray,
+    current_a: FloatArray,
+) -> None:
+    """Pack state of power from the screening arrays of :func:`_sop_screen_kernel`.
+
+    For each direction ``d`` and horizon: every string's current is the lowest linear
+    current of its cells (capped at ``string_cap_a[d]``) and its voltage at that current
+    ``sum(oc_h) -+ I sum(r_h)``; in the string with the lowest power, the cell with the
+    lowest linear current is solved exactly (:func:`_sop_solve`), and the next one too if its
+    linear current is below that exact one; the pack power is ``n_strings`` times the lower of
+    that string's power and the next string's linear power scaled by the exact-over-linear
+    ratio of the weakest string (parallel strings share the current).
+    ``power_w[d, h]`` [W] and ``current_a[d, h]`` (pack current [A]) receive the result.
+    """
+    n_d, n_h, n = lin_a.shape
+    n_str = n // n_series
+    taus = np.empty(max(n_rc, 1))
+    vr = np.empty(max(n_rc, 1))
+    for d in range(n_d):
+        sign = 1.0 if d == 0 else -1.0
+        cap_a = string_cap_a[d]
+        for hi in range(n_h):
+            worst_p = math.inf
+            second_p = math.inf
+            second_i = 0.0
+            worst_i = 0.0
+            worst_i1 = 0
+            worst_i2 = 0
+            worst_oc = 0.0
+            worst_r = 0.0
+            for s in range(n_str):
+                lo = s * n_series
+                best = math.inf
+                next_best = math.inf
+                i1 = lo
+                i2 = lo
+                so = 0.0
+                sr = 0.0
+                for c in range(lo, lo + n_series):
+                    v = lin_a[d, hi, c]
+                    if v < best:
+                        next_best = best
+                        i2 = i1
+                        best = v
+                        i1 = c
+                    elif v < next_best:
+                        next_best = v
+                        i2 = c
+                    so += oc_h[d, hi, c]
+                    sr += r_h[d, hi, c]
+                i_s = min(best, cap_a)
+                p_s = max(i_s * (so - sign * i_s * sr), 0.0)
+                if p_s < worst_p:
+                    second_p = worst_p
+                    second_i = worst_i
+                    worst_p = p_s
+                    worst_i = i_s
+                    worst_i1 = i1
+                    worst_i2 = i2 if n_series > 1 else i1
+                    worst_oc = so
+                    worst_r = sr
+                elif p_s < second_p:
+                    second_p = p_s
+                    second_i = i_s
+            # Exact current of the two candidate cells of the weakest string.
+            i_exact = cap_a
+            for cand in range(2):
+                c = worst_i1 if cand == 0 else worst_i2
+                if cand == 1 and (c == worst_i1 or lin_a[d, hi, c] >= i_exact):
+                    break  # the second cell cannot limit more than the first one does
+                j, ft = _temperature_row(temps, inv_width, temperature_degc[c // temperature_group])
+                for k in range(n_rc):
+                    taus[k] = tau_slopes[k, j] * ft + tau_rows[k, j]
+                    vr[k] = x[1 + k, c]
+                eta_c = eta_slope[j] * ft + eta_row[j]
+                std = math.sqrt(max(P[0, 0, c], 0.0))
+                z = min(max(x[0, c] - sign * soc_sigma * std, 0.0), 1.0)
+                mag, _, _ = _sop_solve(
+                    coef,
+                    n_soc,
+                    j * n_soc,
+                    ft,
+                    taus[:n_rc],
+                    eta_c,
+                    z,
+                    vr[:n_rc],
+                    x[ih, c] if ih >= 0 else 0.0,
+                    capacity_ah[c],
+                    r_scale[c],
+                    voltage_min_v if d == 0 else voltage_max_v,
+                    cap_a,
+                    soc_min,
+                    soc_max,
+                    horizons_s[hi],
+                    sign,
+                    gamma,
+                    iterations,
+                )
+                i_exact = min(i_exact, mag)
+            if not math.isfinite(i_exact):
+                i_exact = 0.0
+            p_exact = max(i_exact * (worst_oc - sign * i_exact * worst_r), 0.0)
+            # The other strings' linear figures, corrected by the weakest string's exact over
+            # linear ratio (the linear model errs alike for alike cells).
+            if worst_p > 0.0 and math.isfinite(second_p):
+                ratio = p_exact / worst_p
+                second_p *= ratio
+                second_i *= ratio
+            if p_exact <= second_p:
+                power_w[d, hi] = n_str * p_exact
+                current_a[d, hi] = n_str * i_exact
+            else:
+                power_w[d, hi] = n_str * second_p
+                current_a[d, hi] = n_str * second_i
+
+
+def power_limits_compiled(
+    model: CellModel,
+    soc: FloatArray,
+    v_rc: FloatArray,
+    hysteresis: FloatArray,
+    temperature_degc: FloatArray,
+    horizon_s: float,
+    *,
+    capacity_ah: FloatArray | float | None = None,
+    r_scale: FloatArray | float = 1.0,
+    voltage_min_v: float | None = None,
+    voltage_max_v: float | None = None,
+    max_discharge_current_a: FloatArray | float = np.inf,
+    max_charge_current_a: FloatArray | float = np.inf,
+    soc_min: float = 0.0,
+    soc_max: float = 1.0,
+    iterations: int = 3,
+    directions: tuple[str, ...] = ("discharge", "charge"),
+) -> PowerLimits:
+    """:func:`power_limits` as one compiled loop over the cells (same arguments and results).
+
+    The arithmetic is :func:`power_limits`' operation by operation, so the two agree to
+    rounding; with numba it costs a few microseconds per cell and direction.
+
+    Parameters
+    ----------
+    model, soc, v_rc, hysteresis, temperature_degc, horizon_s
+        As :func:`power_limits`.
+    capacity_ah, r_scale, voltage_min_v, voltage_max_v, max_discharge_current_a,
+    max_charge_current_a, soc_min, soc_max, iterations, directions
+        As :func:`power_limits`.
+
+    Returns
+    -------
+    PowerLimits
+        The limits.
+    """
+    if horizon_s <= 0:
+        raise ValueError(f"horizon_s must be > 0, got {horizon_s}")
+    p = model.params
+    z = np.clip(np.asarray(soc, dtype=np.float64), 0.0, 1.0).ravel()
+    n = z.size
+
+    def vec(values: FloatArray | float) -> FloatArray:
+        return np.ascontiguousarray(
+            np.broadcast_to(np.asarray(values, dtype=np.float64), (n,)), dtype=np.float64
+        )
+
+    tab = _Tables(model)
+    vr = np.ascontiguousarray(np.asarray(v_rc, dtype=np.float64).reshape(p.n_rc, n))
+    vmin = p.voltage_min_v if voltage_min_v is None else voltage_min_v
+    vmax = p.voltage_max_v if voltage_max_v is None else voltage_max_v
+    cap = vec(p.capacity_ah if capacity_ah is None else capacity_ah)
+    out: dict[str, FloatArray] = {
+        f"{d}_{q}": np.zeros(n)
+        for d in ("discharge", "charge")
+        for q in ("current_a", "voltage_v", "power_w", "resistance_ohm")
+    }
+    res = np.empty((3, n))
+    for direction, sign in (("discharge", 1.0), ("charge", -1.0)):
+        if direction not in directions:
+            continue
+        _sop_cells_kernel(
+            tab.coef_cells,
+            tab.ns,
+            tab.temps,
+            tab.inv_width,
+            tab.tau_rows,
+            tab.tau_slopes,
+            tab.eta,
+            tab.eta_slope,
+            z,
+            vr,
+            vec(hysteresis),
+            vec(temperature_degc),
+            cap,
+            vec(r_scale),
+            np.full(n, sign),
+            np.full(n, float(horizon_s)),
+            np.full(n, vmin if sign > 0 else vmax),
+            vec(max_discharge_current_a if sign > 0 else max_charge_current_a),
+            float(soc_min),
+            float(soc_max),
+            float(p.hysteresis_rate),
+            int(iterations),
+            res,
+        )
+        out[f"{direction}_current_a"] = res[0].copy()
+        out[f"{direction}_voltage_v"] = res[1].copy()
+        out[f"{direction}_power_w"] = res[0] * res[1]
+        out[f"{direction}_resistance_ohm"] = res[2].copy()
     return PowerLimits(horizon_s=float(horizon_s), **out)
 
 

@@ -85,9 +85,10 @@ def wrap_times_s(time_s: npt.ArrayLike, start_s: float, end_s: float) -> FloatAr
 
     Times inside the window are unchanged. A time outside it is shifted by a whole number of
     weeks: for a window of about a year or more, the shift is the whole number of weeks closest
-    to a whole number of years (weekday kept, season within 3.5 days); for a shorter window of
-    at least a week, by multiples of the window's whole weeks; for a window under a week, by
-    multiples of the window.
+    to a whole number of years (weekday kept, season within 3.5 days, or 10.5 days for the
+    few times that the rounding puts just outside the window and one more week brings back);
+    for a shorter window of at least a week, by multiples of the window's whole weeks; for a
+    window under a week, by multiples of the window.
 
     Parameters
     ----------
