@@ -9,11 +9,16 @@ Cases, all with the battery of ``docs/emhass-comparison.md`` (10 kWh, 5 / 4.75 k
 - ``week_15min_final_soc``: the synthetic week with a hard end SoC (the EMHASS set-up);
 - ``week_15min_negative``: the household week with every export price lowered by 0.15 and
   every import price by 0.25, so that some steps need binaries (a MIP);
-- ``day_15min``: 96 steps (one MPC re-plan), synthetic.
+- ``day_15min``: 96 steps (one MPC re-plan), synthetic;
+- ``receding_day_household``: a receding horizon as in the MPC: 96 re-plans of one day (96
+  steps), each starting one step later in the household week, from the SoC the previous plan
+  reached after its first step; solved afresh each time, and with a
+  :class:`~openbess.ems.optimizer.PlanSolver` that keeps HiGHS and its basis between plans
+  (only costs and bounds change: a warm re-solve).
 
 Each case is run ``--repeats`` times after one warm-up (imports, first HiGHS instance); the
 JSON gives the median and minimum wall time of ``optimize()`` (build plus solve), the process
-CPU time, and the build time alone.
+CPU time, and the build time alone (model and sparse matrix).
 
 Usage: ``python benchmarks/optimizer_speed.py [--repeats 21]``
 """
@@ -32,12 +37,13 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from emhass_comparison import household_inputs, synthetic_inputs
 from openbess.ems import optimizer as opt
-from openbess.ems.optimizer import PlanBattery, PlanInputs, PlanRequest, optimize
+from openbess.ems.optimizer import PlanBattery, PlanInputs, PlanRequest, PlanSolver, optimize
 
 TARGET_S = 0.050
 
@@ -69,7 +75,8 @@ def measure(inputs: PlanInputs, request: PlanRequest, repeats: int) -> dict[str,
         cpu.append(time.process_time() - c0)
         t0 = time.perf_counter()
         model = opt._build(inputs, BATTERY, request)
-        model.builder.matrix()
+        rows, cols, vals = opt._triplets(model)
+        sp.csc_matrix((vals, (rows, cols)), shape=(model.builder.n_row, model.builder.n_col))
         build.append(time.perf_counter() - t0)
     return {
         "steps": inputs.n_steps,
@@ -81,6 +88,61 @@ def measure(inputs: PlanInputs, request: PlanRequest, repeats: int) -> dict[str,
         "binaries": result.binaries,
         "objective_eur": result.objective_eur,
         "cost_eur": result.cost_eur,
+    }
+
+
+def receding(house: PlanInputs, repeats: int) -> dict[str, object]:
+    """96 one-day re-plans shifted by one step: fresh HiGHS each time, or kept warm."""
+    n_plans, n_steps = 96, 96
+
+    def horizons() -> list[PlanInputs]:
+        return [
+            PlanInputs(
+                **{
+                    f.name: getattr(house, f.name)[k : k + n_steps]
+                    for f in dataclasses.fields(PlanInputs)
+                }
+            )
+            for k in range(n_plans)
+        ]
+
+    plans = horizons()
+    # The SoC each plan starts from: where the fresh plan before it ended its first step
+    # (the warm sweep starts from the same SoCs, so that its objectives must be the same:
+    # plans with tied prices may differ in their first step, not in their cost).
+    socs = [0.5]
+    for inp in plans[:-1]:
+        socs.append(
+            float(
+                optimize(inp, dataclasses.replace(BATTERY, soc_initial=socs[-1]), FREE_END).soc[0]
+            )
+        )
+
+    def sweep(solver: PlanSolver | None) -> tuple[float, float, list[float]]:
+        objectives = []
+        c0, t0 = time.process_time(), time.perf_counter()
+        for inp, soc in zip(plans, socs, strict=True):
+            r = optimize(
+                inp, dataclasses.replace(BATTERY, soc_initial=soc), FREE_END, solver=solver
+            )
+            objectives.append(r.objective_eur)
+        return (
+            (time.perf_counter() - t0) / n_plans,
+            (time.process_time() - c0) / n_plans,
+            objectives,
+        )
+
+    fresh = [sweep(None) for _ in range(max(1, repeats // 7))]
+    warm = [sweep(PlanSolver()) for _ in range(max(1, repeats // 7))]
+    gap = max(abs(a - b) for a, b in zip(fresh[0][2], warm[0][2], strict=True))
+    return {
+        "plans": n_plans,
+        "steps": n_steps,
+        "fresh_wall_s_per_plan_median": statistics.median(f[0] for f in fresh),
+        "fresh_cpu_s_per_plan_median": statistics.median(f[1] for f in fresh),
+        "warm_wall_s_per_plan_median": statistics.median(w[0] for w in warm),
+        "warm_cpu_s_per_plan_median": statistics.median(w[1] for w in warm),
+        "max_objective_difference_eur": gap,
     }
 
 
@@ -103,6 +165,7 @@ def main() -> None:
         "week_15min_final_soc": measure(week, final, args.repeats),
         "week_15min_negative": measure(negative, FREE_END, args.repeats),
         "day_15min": measure(day, FREE_END, args.repeats),
+        "receding_day_household": receding(house, args.repeats),
     }
     out = {
         "benchmark": "optimizer_speed",

@@ -19,6 +19,7 @@ from openbess.ems.mpc import (
     twin_perfect_forecast,
 )
 from openbess.ems.optimizer import OptimizerConfig
+from openbess.ems.realtime import RealtimeConfig
 from openbess.gate import NO_DECISION
 from openbess.plant import SiteMeasurements
 from openbess.simulate import build_site, run_kpis
@@ -94,6 +95,7 @@ class Recorder:
 
 def strategy(**kw) -> MpcStrategy:
     opts = kw.pop("options", OptimizerConfig(step_s=900.0, horizon_s=6 * 3600.0))
+    kw.setdefault("realtime", RealtimeConfig(ramp_w_per_s=math.inf))  # rules without the ramp
     return MpcStrategy(SITE, kw.pop("forecast", Recorder()), opts, **kw)
 
 

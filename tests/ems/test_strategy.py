@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
 from openbess.contract import ContactorState, Mode, Telemetry
+from openbess.ems.realtime import RealtimeConfig
 from openbess.ems.strategy import SelfConsumption
 from openbess.gate import NO_DECISION
 from openbess.plant import SiteMeasurements
@@ -49,6 +51,7 @@ def strategy() -> SelfConsumption:
         soc_max=0.95,
         max_charge_power_w=4000.0,
         max_discharge_power_w=4500.0,
+        realtime=RealtimeConfig(ramp_w_per_s=math.inf),  # the rules without the ramp
     )
 
 

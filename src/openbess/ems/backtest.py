@@ -47,6 +47,8 @@ from openbess.ems.optimizer import (
     PlanBattery,
     PlanInputs,
     PlanResult,
+    PlanScenarios,
+    PlanSolver,
     default_degradation_cost,
     default_terminal_value,
     optimize,
@@ -337,6 +339,10 @@ class BacktestOptions:
         Solver time limit of that single-shot problem [s].
     progress : bool
         Show a progress bar on stderr.
+    scenario_days : int
+        With model forecasts: hedge each plan against the errors the forecasts made at the same
+        time on each of the last ``scenario_days`` days (:class:`PlanScenarios`, from
+        :meth:`HistoryForecastProvider.residual_scenarios`); 0 for deterministic plans.
     """
 
     forecast: ForecastKind = "model"
@@ -349,6 +355,7 @@ class BacktestOptions:
     perfect_foresight: bool = True
     perfect_time_limit_s: float = 900.0
     progress: bool = False
+    scenario_days: int = 3
 
     def __post_init__(self) -> None:
         """Check values; raise ValueError naming the field."""
@@ -364,6 +371,10 @@ class BacktestOptions:
             raise ValueError("BacktestOptions.fine_horizon_s must be >= replan_s")
         if not (math.isfinite(self.history_s) and self.history_s >= 0):
             raise ValueError(f"BacktestOptions.history_s must be >= 0, got {self.history_s!r}")
+        if not 0 <= self.scenario_days <= 28:
+            raise ValueError(
+                f"BacktestOptions.scenario_days must be in [0, 28], got {self.scenario_days!r}"
+            )
 
 
 class OptimizerPlanner:
@@ -382,13 +393,19 @@ class OptimizerPlanner:
         self.options = options if options is not None else optimizer_config_for(config)
         self.battery0 = plan_battery(config)
         self.degradation_eur_per_kwh = default_degradation_cost(config, self.options)
+        self.solver = PlanSolver()
 
     def battery(self, soc: float) -> PlanBattery:
         """The battery at a SoC [fraction]."""
         return replace(self.battery0, soc_initial=min(max(soc, 0.0), 1.0))
 
     def __call__(
-        self, inputs: PlanInputs, soc: float, *, time_limit_s: float | None = None
+        self,
+        inputs: PlanInputs,
+        soc: float,
+        *,
+        time_limit_s: float | None = None,
+        scenarios: PlanScenarios | None = None,
     ) -> PlanResult:
         """Optimal plan from ``soc`` over ``inputs``.
 
@@ -400,6 +417,8 @@ class OptimizerPlanner:
             SoC at the start [fraction].
         time_limit_s : float or None
             Solver time limit [s] (default: the options').
+        scenarios : PlanScenarios or None
+            Load and PV scenarios to hedge against.
 
         Returns
         -------
@@ -414,16 +433,17 @@ class OptimizerPlanner:
             battery,
             degradation_cost_eur_per_kwh=self.degradation_eur_per_kwh,
         )
-        if time_limit_s is not None:
-            request = replace(request, time_limit_s=time_limit_s)
-        return optimize(inputs, battery, request)
+        if time_limit_s is not None:  # a one-off problem: not worth keeping warm
+            return optimize(inputs, battery, replace(request, time_limit_s=time_limit_s))
+        return optimize(inputs, battery, request, solver=self.solver, scenarios=scenarios)
 
 
 def default_provider(config: SiteConfig, actuals: pd.DataFrame) -> HistoryForecastProvider:
     """The model forecasts of a backtest (chosen on the bundled ``home`` year, see docs).
 
     - load: mean of every day over the last two weeks at the same local time, anchored to the
-      last hour's measurement (time constant 3 h);
+      last hour's measurement (time constant 30 min: a longer one scores better one step
+      ahead but makes worse plans, see ``docs/forecasting.md``);
     - PV: clear-sky PV of the site's plant times a persisted clearness index;
     - prices: published day-ahead prices (tomorrow's after 13:00 CET), beyond them additive
       Holt-Winters exponential smoothing with a daily season.
@@ -441,7 +461,7 @@ def default_provider(config: SiteConfig, actuals: pd.DataFrame) -> HistoryForeca
         The provider.
     """
     load = SeasonalProfileForecaster(
-        weeks=2, by="day", tz=config.timezone, anchor_tau_s=3.0 * 3600.0, nonnegative=True
+        weeks=2, by="day", tz=config.timezone, anchor_tau_s=0.5 * 3600.0, nonnegative=True
     )
     pv: Forecaster
     if config.pv.enabled and config.pv.peak_power_w > 0:
@@ -501,7 +521,13 @@ def _dispatch_target(
     net = load_w - pv_w
     planned_import = float(plan.grid_import_w[j])
     planned_export = float(plan.grid_export_w[j])
-    if planned_import < PLAN_FLOW_TOL_W and planned_export < PLAN_FLOW_TOL_W:
+    if j == 0 and plan.deviation_share is not None:
+        forecast_net = float(plan.load_w[0] - plan.pv_w[0])
+        import openbess.ems.optimizer as _o
+        dev = net - forecast_net
+        sm = min(max(dev, -_o.SPLIT_KW * 1000.0), _o.SPLIT_KW * 1000.0)
+        target = float(plan.battery_power_w[0]) + plan.deviation_share * sm + getattr(plan, "beta2", 0.0) * (dev - sm)
+    elif planned_import < PLAN_FLOW_TOL_W and planned_export < PLAN_FLOW_TOL_W:
         target = net
     else:
         target = float(plan.battery_power_w[j])
@@ -671,7 +697,14 @@ def run_backtest(
     errors = _ErrorSums()
     is_model = isinstance(prov, HistoryForecastProvider)
     day, week = round(DAY_S / dt_s), round(WEEK_S / dt_s)
+    lags = tuple(range(1, opts.scenario_days + 1)) if is_model else ()
     wall0 = time.perf_counter()
+    if lags and isinstance(prov, HistoryForecastProvider):
+        prov.keep_days = max(prov.keep_days, len(lags) + 1.0)
+        # the forecasts of the last days of history, for the first plans' scenarios
+        m0 = int(_horizon_blocks(n_all - i0, horizon, fine, coarse).sum())
+        for i in range(max(i0 - len(lags) * day, 1), i0):
+            prov.forecast_arrays(start_s + i * dt_s, m0)
     replans = range(i0, n_all, replan)
     bar = tqdm(
         replans,
@@ -710,7 +743,19 @@ def run_backtest(
             import_price_eur_per_kwh=agg[2],
             export_price_eur_per_kwh=agg[3],
         )
-        plan = plan_fn(plan_inputs, soc)
+        scenarios: PlanScenarios | None = None
+        if lags and isinstance(prov, HistoryForecastProvider):
+            dev = prov.residual_scenarios(now_s, m, lags)
+            if dev.shape[0]:
+                agg_dev = np.add.reduceat(dev, starts, axis=2) / blocks[None, None, :]
+                scenarios = PlanScenarios(
+                    load_w=np.maximum(plan_inputs.load_w[None, :] + agg_dev[:, 0], 0.0),
+                    pv_w=np.maximum(plan_inputs.pv_w[None, :] + agg_dev[:, 1], 0.0),
+                )
+        plan = plan_fn(plan_inputs, soc, scenarios=scenarios)
+        if plan.deviation_share is not None:
+            import openbess.ems.optimizer as _o
+            object.__setattr__(plan, "beta2", _o.LAST_BETA2)
         solve_times.append(plan.solve_time_s)
         relaxed += len(plan.relaxed)
         for j in range(min(replan, n_all - i)):
@@ -777,7 +822,12 @@ def run_backtest(
         "solve_time_max_s": float(np.max(solve_times)),
         "forecast_time_s": forecast_time,
         "wall_time_s": wall,
+        "scenario_days": len(lags),
     }
+    solver = getattr(plan_fn, "solver", None)
+    if isinstance(solver, PlanSolver):
+        summary["warm_solves"] = solver.warm_solves
+        summary["warm_solve_failures"] = solver.warm_failures
     if is_model:
         summary["forecast_error"] = errors.report()
     if opts.perfect_foresight:

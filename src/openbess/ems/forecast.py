@@ -968,6 +968,11 @@ class ClearSkyPvForecaster(Forecaster):
         Weight of the last day in the base index, in [0, 1].
     max_index : float
         Cap on the index.
+    shape_days : float or None
+        If set, the clear-sky power is also corrected by time of day (UTC interval of the
+        day): the ratio of measured to clear-sky energy in that interval over the last
+        ``shape_days`` days, relative to the ratio over all intervals. This learns what the
+        clear-sky model of the plant gets wrong at some hours (shading, orientation) [days].
     """
 
     clear_sky: ClearSkyFunction | None = None
@@ -976,6 +981,7 @@ class ClearSkyPvForecaster(Forecaster):
     days: float = 7.0
     day_weight: float = 0.3
     max_index: float = 1.3
+    shape_days: float | None = None
     nonnegative: bool = True
     name: str = "clear_sky_pv"
     _cache: _GridCache | None = field(default=None, repr=False, compare=False)
@@ -1024,6 +1030,33 @@ class ClearSkyPvForecaster(Forecaster):
         if math.isfinite(k_recent):
             k = k_base + (k_recent - k_base) * np.exp(-lead_s / self.tau_s)
         out: FloatArray = np.clip(k, 0.0, self.max_index) * future
+        if self.shape_days:
+            out = out * self._shape(history, start_s, step_s, n_ahead, cache)
+        return out
+
+    def _shape(
+        self, history: FloatArray, start_s: float, step_s: float, n_ahead: int, cache: _GridCache
+    ) -> FloatArray:
+        """Time-of-day correction of the clear-sky power (see ``shape_days``), in [0.3, 2]."""
+        n = history.size
+        per_day = max(1, round(DAY_S / step_s))
+        m = min(n, round(float(self.shape_days or 0.0) * per_day))
+        if m < per_day:
+            return np.ones(n_ahead)
+        past = np.asarray(cache.get(start_s, step_s, n - m, n), dtype=np.float64)
+        h = history[n - m :]
+        first = round(start_s / step_s)
+        slot = (first + np.arange(n - m, n)) % per_day
+        ok = np.isfinite(h)
+        measured = np.bincount(slot[ok], weights=h[ok], minlength=per_day)
+        clear = np.bincount(slot[ok], weights=past[ok], minlength=per_day)
+        total = measured.sum() / max(clear.sum(), 1e-9)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shape = np.where(
+                clear > 0.02 * max(clear.max(), 1e-9), measured / clear / max(total, 1e-9), 1.0
+            )
+        shape = np.clip(shape, 0.3, 2.0)
+        out: FloatArray = shape[(first + np.arange(n, n + n_ahead)) % per_day]
         return out
 
 
@@ -1175,6 +1208,9 @@ class HistoryForecastProvider:
         forecast).
     price_tz : str
         Time zone of the market day.
+    keep_days : float
+        Days of its own past load and PV forecasts the provider keeps, for
+        :meth:`residual_scenarios`.
     """
 
     name = "model"
@@ -1188,8 +1224,11 @@ class HistoryForecastProvider:
         price: Forecaster,
         price_publish_hour: float | None = 13.0,
         price_tz: str = "Europe/Berlin",
+        keep_days: float = 8.0,
     ) -> None:
         self.start_s, self.step_s, self._values = _regular_frame(actuals, FORECAST_COLUMNS)
+        self.keep_days = keep_days
+        self._past: dict[int, FloatArray] = {}
         self.load = load
         self.pv = pv
         self.price_forecasters = [price, copy.deepcopy(price)]
@@ -1244,6 +1283,7 @@ class HistoryForecastProvider:
         v = self._values
         out[0] = self.load.forecast(v[0, :k], self.start_s, self.step_s, n_steps)
         out[1] = self.pv.forecast(v[1, :k], self.start_s, self.step_s, n_steps)
+        self._remember(k, out[:2])
         known = min(kp - k, n_steps)
         for row, fc in zip((2, 3), self.price_forecasters, strict=True):
             out[row, :known] = v[row, k : k + known]
@@ -1252,6 +1292,59 @@ class HistoryForecastProvider:
                     v[row, :kp], self.start_s, self.step_s, n_steps - known
                 )
         return out
+
+    def _remember(self, k: int, load_pv: FloatArray) -> None:
+        """Keep the load and PV forecast made at interval ``k`` (for residual scenarios)."""
+        if self.keep_days <= 0:
+            return
+        self._past[k] = load_pv.copy()
+        oldest = k - round(self.keep_days * DAY_S / self.step_s)
+        if len(self._past) > 4 * round(DAY_S / self.step_s) and min(self._past) < oldest:
+            for key in [key for key in self._past if key < oldest]:
+                del self._past[key]
+
+    def residual_scenarios(
+        self, now_s: float, n_steps: int, lags_days: Sequence[int] = (1, 2, 3)
+    ) -> FloatArray:
+        """What the load and PV forecasts got wrong ``lag`` days ago, as deviations for now.
+
+        For each lag, the forecast this provider made at ``now_s - lag days`` (kept from that
+        call) is compared with what was then measured, lead by lead; leads not yet measured at
+        ``now_s`` count as no error. Added to the present forecast, each gives a scenario of
+        the same error pattern (a late evening load, a cloudy afternoon) that a plan can hedge
+        against (:class:`openbess.ems.optimizer.PlanScenarios`). Uses only the past.
+
+        Parameters
+        ----------
+        now_s : float
+            Time of the present forecast [s, Unix UTC].
+        n_steps : int
+            Data intervals wanted.
+        lags_days : sequence of int
+            Whole days back.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n_scenarios, 2, n_steps)``: load and PV deviations [W]; lags without a
+            kept forecast are left out (shape ``(0, 2, n_steps)`` if none).
+        """
+        k, _ = self.known_index(now_s)
+        per_day = round(DAY_S / self.step_s)
+        out: list[FloatArray] = []
+        for lag in lags_days:
+            j = k - int(lag) * per_day
+            past = self._past.get(j)
+            if j < 0 or past is None:
+                continue
+            known = min(k - j, n_steps, past.shape[1])
+            dev = np.zeros((2, n_steps))
+            dev[:, :known] = self._values[:2, j : j + known] - past[:, :known]
+            if np.isfinite(dev).all():
+                out.append(dev)
+        if not out:
+            return np.zeros((0, 2, n_steps))
+        return np.stack(out)
 
     def __call__(self, now_s: float, horizon_steps: int, step_s: float) -> pd.DataFrame:
         """Forecast frame for the MPC.

@@ -9,15 +9,17 @@
   SoC, SoH-adjusted capacity, present BMS power limits for the first step). The first step
   runs from now to the next step boundary, so plans stay aligned to the price grid.
 - **Fast path** (:meth:`MpcStrategy.dispatch`, every ``ems.dispatch_s``): follow the plan's
-  battery power, corrected with the meter so that forecast errors are absorbed at once:
-
-  1. where the plan balances the site (no planned import or export), keep the grid at zero
-     (self-consumption within the plan);
-  2. soak up PV surplus: never export more than planned while the battery can still charge;
-  3. keep the import under the peak limit (the grid connection, or the plan's peak when a
-     demand charge applies) by discharging more;
-  4. keep the export under the export limit by discharging less;
-  5. ask only for what the Telemetry allows (power limits, SoC window, reserve).
+  battery power, corrected with the meter so that forecast errors are absorbed at once. The
+  strategy's wish is the plan's battery power, or, where the plan balances the site (no
+  planned import or export), the power that keeps the grid at zero (self-consumption within
+  the plan); it tolerates the planned export (more PV than forecast is stored) and, under a
+  demand charge, no import above the plan's peak. The shared real-time layer
+  (:mod:`openbess.ems.realtime`) then applies the peak and export limits, grid events, the
+  ramp and the BMS limits, as for :class:`~openbess.ems.strategy.SelfConsumption`.
+- **Grid events** (``events``, e.g. :meth:`openbess.io.hub.Hub.grid_events`): a change in
+  the set of events triggers a re-plan; the plan caps the import and export and holds the
+  battery power during each window (relaxed by priced slack if it cannot, reported in
+  ``plan.relaxed``), and the real-time layer enforces the active ones at the meter.
 
 A forecast provider is any callable ``(start_s, n_steps, step_s) -> frame`` returning, for the
 ``n_steps`` intervals ``[start_s + k * step_s, start_s + (k + 1) * step_s)``, the averages of
@@ -31,8 +33,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,14 +49,25 @@ from openbess.ems.optimizer import (
     OptimizerConfig,
     PlanInputs,
     PlanResult,
+    PlanScenarios,
+    PlanSolver,
     default_degradation_cost,
     optimize,
     plan_battery,
     plan_request,
 )
+from openbess.ems.realtime import (
+    RealtimeConfig,
+    RealtimeLayer,
+    Wish,
+    balance_w,
+    read_events,
+    realtime_config_for,
+)
 from openbess.plant import SiteMeasurements
 
 if TYPE_CHECKING:
+    from openbess.io.hub import GridEvent
     from openbess.twin.site import SiteTwin
 
 log = logging.getLogger(__name__)
@@ -260,10 +273,18 @@ class MpcStrategy:
         Capacity to plan with [Wh] (default: the Telemetry's SoH-adjusted capacity).
     validity_s : float
         Lifetime of each command [s].
-    deadband_w : float
-        Grid power treated as zero when balancing [W].
     min_replan_interval_s : float
         Least time between two plans triggered by a SoC deviation [s].
+    realtime : RealtimeConfig or None
+        Settings of the real-time layer (default: the site's).
+    events : callable or None
+        ``now_s -> grid events not yet over`` (e.g. :meth:`openbess.io.hub.Hub.grid_events`).
+    scenario_days : int
+        With a forecast provider that keeps its past forecasts
+        (:class:`~openbess.ems.forecast.HistoryForecastProvider`): hedge each plan against the
+        errors it made at the same time on each of the last ``scenario_days`` days
+        (:class:`~openbess.ems.optimizer.PlanScenarios`); the first step then follows the
+        plan's ``deviation_share`` of the net-load deviation. 0: deterministic plans.
     """
 
     config: SiteConfig
@@ -271,18 +292,40 @@ class MpcStrategy:
     options: OptimizerConfig = field(default_factory=OptimizerConfig)
     capacity_wh: float | None = None
     validity_s: float = 5.0
-    deadband_w: float = 10.0
     min_replan_interval_s: float = 60.0
+    realtime: RealtimeConfig | None = None
+    events: Callable[[float], Sequence[GridEvent]] | None = None
+    scenario_days: int = 0
     name: str = "mpc"
+    layer: RealtimeLayer = field(init=False)
     plan: PlanResult | None = None
     plans: int = 0
     replans_on_deviation: int = 0
     plan_failures: int = 0
     solve_time_total_s: float = 0.0
     solve_time_max_s: float = 0.0
+    replans_on_events: int = 0
     _seq: int = 0
     _last_plan_s: float = -math.inf
     _degradation_cache: dict[float, float] = field(default_factory=dict)
+    _events_key: tuple[tuple[Any, ...], ...] = ()
+    _solver: PlanSolver = field(default_factory=PlanSolver, repr=False)
+
+    def __post_init__(self) -> None:
+        """Build the real-time layer from the site's ratings, window and grid limits."""
+        if self.realtime is None:
+            self.realtime = realtime_config_for(self.config)
+        b, g = self.config.battery, self.config.grid
+        self.layer = RealtimeLayer(
+            settings=self.realtime,
+            max_import_w=g.max_import_w,
+            max_export_w=g.max_export_w,
+            max_charge_power_w=b.max_charge_power_w,
+            max_discharge_power_w=b.max_discharge_power_w,
+            soc_min=b.soc_min,
+            soc_max=b.soc_max,
+            reserve_soc=self.options.reserve_soc,
+        )
 
     # -- slow path ---------------------------------------------------------------------------
     def replan(self, now_s: float, telemetry: Telemetry) -> None:
@@ -295,7 +338,7 @@ class MpcStrategy:
         telemetry : Telemetry
             Latest BMS telemetry.
         """
-        self._make_plan(now_s, telemetry)
+        self._make_plan(now_s, telemetry, read_events(self.events, now_s))
 
     def _degradation(self, soh: float) -> float:
         key = round(min(max(soh, 0.01), 1.0), 2)
@@ -328,7 +371,8 @@ class MpcStrategy:
         times[0] = max(now_s, start)
         return PlanInputs(time_s=times, step_s=lengths, **data)
 
-    def _make_plan(self, now_s: float, telemetry: Telemetry) -> None:
+    def _make_plan(self, now_s: float, telemetry: Telemetry, events: Sequence[Any] = ()) -> None:
+        self._events_key = _events_key(events, now_s)
         try:
             inputs = self.build_inputs(now_s)
             battery = plan_battery(
@@ -345,7 +389,21 @@ class MpcStrategy:
                 soh=telemetry.soh,
                 degradation_cost_eur_per_kwh=self._degradation(telemetry.soh),
             )
-            result = optimize(inputs, battery, request)
+            peak = self.layer.settings.peak_import_w
+            request = replace(
+                request,
+                max_import_w=request.max_import_w
+                if peak is None
+                else min(request.max_import_w, peak),
+                events=tuple(events),
+            )
+            result = optimize(
+                inputs,
+                battery,
+                request,
+                solver=self._solver,
+                scenarios=self._scenarios(inputs),
+            )
         except ValueError:
             self.plan_failures += 1
             log.exception("MPC: could not plan at t=%.0f; keeping the previous plan", now_s)
@@ -365,9 +423,34 @@ class MpcStrategy:
                 r.penalty_eur,
             )
 
+    def _scenarios(self, inputs: PlanInputs) -> PlanScenarios | None:
+        """Residual scenarios from the provider's past forecasts (None if it keeps none)."""
+        source = getattr(self.forecast, "residual_scenarios", None)
+        data_step = getattr(self.forecast, "step_s", None)
+        if self.scenario_days <= 0 or source is None or not data_step:
+            return None
+        step = self.options.step_s
+        ratio = max(1, round(step / float(data_step)))
+        start = math.floor(float(inputs.time_s[0]) / step + 1e-9) * step  # the forecast origin
+        n = inputs.n_steps
+        dev = np.asarray(
+            source(start, n * ratio, tuple(range(1, self.scenario_days + 1))), dtype=np.float64
+        )
+        if dev.ndim != 3 or dev.shape[0] == 0:
+            return None
+        agg = dev.reshape(dev.shape[0], 2, n, ratio).mean(axis=3)
+        return PlanScenarios(
+            load_w=np.maximum(inputs.load_w[None, :] + agg[:, 0], 0.0),
+            pv_w=np.maximum(inputs.pv_w[None, :] + agg[:, 1], 0.0),
+        )
+
     # -- fast path ---------------------------------------------------------------------------
-    def _needs_plan(self, now_s: float, telemetry: Telemetry) -> bool:
+    def _needs_plan(self, now_s: float, telemetry: Telemetry, events: Sequence[Any]) -> bool:
         plan = self.plan
+        if plan is not None and _events_key(events, now_s) != self._events_key:
+            self.replans_on_events += 1
+            log.info("MPC: the grid events changed: re-plan")
+            return True
         if now_s - self._last_plan_s < self.min_replan_interval_s:
             return False  # also rate-limits retries after a failed plan
         if plan is None or now_s >= float(plan.time_s[-1] + plan.step_s[-1]):
@@ -378,6 +461,45 @@ class MpcStrategy:
             log.info("MPC: SoC %.3f is %.3f off the plan: re-plan", telemetry.soc, deviation)
             return True
         return False
+
+    def wish(self, now_s: float, site: SiteMeasurements) -> Wish:
+        """What the plan asks for now, before the real-time rules.
+
+        Parameters
+        ----------
+        now_s : float
+            Time [s, Unix UTC].
+        site : SiteMeasurements
+            Site meters now.
+
+        Returns
+        -------
+        Wish
+            The plan's battery power (or the balancing power where the plan balances the
+            site; in the first step of a plan over scenarios, the planned power plus the
+            plan's ``deviation_share`` of the net load's deviation from its forecast), the
+            planned export as the export tolerated, and under a demand charge the plan's
+            peak as the import limit. Without a valid plan: balance the site.
+        """
+        balance = balance_w(site, self.layer.settings.deadband_w)
+        plan = self.plan
+        if plan is None or now_s >= float(plan.time_s[-1] + plan.step_s[-1]):
+            return Wish(balance, max_export_w=0.0)
+        k = plan.step_at(now_s)
+        planned_import = float(plan.grid_import_w[k])
+        planned_export = float(plan.grid_export_w[k])
+        if k == 0 and plan.deviation_share is not None:
+            net = site.grid_power_w + site.battery_ac_power_w
+            deviation = net - float(plan.load_w[0] - plan.pv_w[0])
+            power = float(plan.battery_power_w[0]) + plan.deviation_share * deviation
+        elif planned_import < PLAN_FLOW_TOL_W and planned_export < PLAN_FLOW_TOL_W:
+            power = balance
+        else:
+            power = float(plan.battery_power_w[k])
+        import_limit = math.inf
+        if self.options.demand_charge_eur_per_kw > 0:
+            import_limit = max(plan.peak_import_w, planned_import)
+        return Wish(power, max_export_w=planned_export, max_import_w=import_limit)
 
     def dispatch(self, now_s: float, telemetry: Telemetry, site: SiteMeasurements) -> Command:
         """The battery power for the next seconds: the plan, corrected with the meter.
@@ -396,60 +518,20 @@ class MpcStrategy:
         Command
             A ``power`` command valid for ``validity_s``.
         """
-        if self._needs_plan(now_s, telemetry):
+        events = read_events(self.events, now_s)
+        if self._needs_plan(now_s, telemetry, events):
             with contextlib.suppress(ValueError):  # logged; use the old plan or balance
-                self._make_plan(now_s, telemetry)
-        b, g = self.config.battery, self.config.grid
-        net_w = site.grid_power_w + site.battery_ac_power_w  # load - PV as seen by the meter
-        plan = self.plan
-        if plan is None or now_s >= float(plan.time_s[-1] + plan.step_s[-1]):
-            target = self._balance(net_w, site)
-            import_cap = g.max_import_w
-            export_floor = 0.0
-        else:
-            k = plan.step_at(now_s)
-            planned_import = float(plan.grid_import_w[k])
-            planned_export = float(plan.grid_export_w[k])
-            if planned_import < PLAN_FLOW_TOL_W and planned_export < PLAN_FLOW_TOL_W:
-                target = self._balance(net_w, site)
-            else:
-                target = float(plan.battery_power_w[k])
-            import_cap = g.max_import_w
-            if self.options.demand_charge_eur_per_kw > 0:
-                import_cap = min(import_cap, max(plan.peak_import_w, planned_import))
-            export_floor = planned_export
-            # soak up PV surplus: export no more than planned
-            if net_w - target < -export_floor - self.deadband_w:
-                target = net_w + export_floor
-        # peak and grid limits at the meter
-        if net_w - target > import_cap:
-            target = net_w - import_cap
-        if net_w - target < -g.max_export_w:
-            target = net_w + g.max_export_w
-        # what the BMS allows now
-        max_chg = min(b.max_charge_power_w, telemetry.charge_power_limit_w)
-        max_dis = min(b.max_discharge_power_w, telemetry.discharge_power_limit_w)
-        target = min(max(target, -max_chg), max_dis)
-        floor = max(self.options.reserve_soc, b.soc_min)
-        if target > 0 and telemetry.soc <= floor:
-            target = 0.0
-        if target < 0 and telemetry.soc >= b.soc_max:
-            target = 0.0
+                self._make_plan(now_s, telemetry, events)
+        decision = self.layer.setpoint(now_s, telemetry, site, self.wish(now_s, site), events)
         self._seq += 1
         return Command(
             seq=self._seq,
             mode=Mode.POWER,
-            power_w=target,
+            power_w=decision.power_w,
             valid_until_s=now_s + self.validity_s,
             reserve_soc=self.options.reserve_soc,
             source="ems",
         )
-
-    def _balance(self, net_w: float, site: SiteMeasurements) -> float:
-        """Battery power that brings the grid exchange to zero (within the dead band)."""
-        if abs(site.grid_power_w) < self.deadband_w:
-            return site.battery_ac_power_w
-        return net_w
 
     def stats(self) -> Mapping[str, float]:
         """Counters of the planner.
@@ -457,14 +539,33 @@ class MpcStrategy:
         Returns
         -------
         mapping
-            ``plans``, ``replans_on_deviation``, ``plan_failures``, ``solve_time_total_s``,
-            ``solve_time_mean_s``, ``solve_time_max_s``.
+            ``plans``, ``replans_on_deviation``, ``replans_on_events``, ``plan_failures``,
+            ``solve_time_total_s``, ``solve_time_mean_s``, ``solve_time_max_s``.
         """
         return {
             "plans": float(self.plans),
             "replans_on_deviation": float(self.replans_on_deviation),
+            "replans_on_events": float(self.replans_on_events),
             "plan_failures": float(self.plan_failures),
             "solve_time_total_s": self.solve_time_total_s,
             "solve_time_mean_s": self.solve_time_total_s / self.plans if self.plans else 0.0,
             "solve_time_max_s": self.solve_time_max_s,
         }
+
+
+def _events_key(events: Sequence[Any], now_s: float) -> tuple[tuple[Any, ...], ...]:
+    """What identifies a set of grid events for re-planning (those not over at ``now_s``)."""
+    keys = [
+        (
+            str(getattr(e, "source", "")),
+            str(e.event_id),
+            float(e.start_s),
+            float(e.end_s),
+            e.max_import_w,
+            e.max_export_w,
+            e.battery_power_w,
+        )
+        for e in events
+        if e.end_s > now_s
+    ]
+    return tuple(sorted(keys, key=lambda k: k[:4]))

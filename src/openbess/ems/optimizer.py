@@ -54,6 +54,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from openbess.cell.ageing import ageing_params, cycle_rate
+from openbess.ems.realtime import EventLike
 from openbess.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ class OptimizerConfig(BaseModel):
     penalty_reserve_eur_per_kwh_h: float = Field(20.0, gt=0)
     penalty_target_eur_per_kwh: float = Field(10.0, gt=0)
     penalty_import_limit_eur_per_kwh: float = Field(50.0, gt=0)
+    penalty_event_eur_per_kwh: float = Field(50.0, gt=0)
     mip_rel_gap: float = Field(1e-4, ge=0, le=0.5)
     time_limit_s: float = Field(10.0, gt=0, le=3600)
     replan_soc_deviation: float = Field(0.05, gt=0, le=1)
@@ -215,6 +217,62 @@ class PlanInputs:
 
 
 @dataclass(frozen=True)
+class PlanScenarios:
+    """Other possible load and PV trajectories, for a plan that hedges against forecast errors.
+
+    Each scenario is the point forecast plus a deviation (e.g. the error the forecast made at
+    the same time on an earlier day). The plan then minimises the expected cost over the point
+    forecast and the scenarios (weights ``weights``, uniform by default) under one rule for the
+    first step, the only one executed before the next plan: the battery power is
+    ``planned + deviation_share * (net load - forecast net load)`` in every scenario, with one
+    planned power and one share in ``[0, 1]`` chosen by the program. Later steps adapt to
+    each scenario (they are re-planned anyway).
+
+    Parameters
+    ----------
+    load_w, pv_w : numpy.ndarray
+        Scenario load and PV per step [W], shape ``(n_scenarios, n_steps)``, >= 0.
+    weights : numpy.ndarray or None
+        Probabilities of the point forecast and of each scenario, shape
+        ``(n_scenarios + 1,)``, summing to 1 (default: uniform).
+    """
+
+    load_w: FloatArray
+    pv_w: FloatArray
+    weights: FloatArray | None = None
+
+    def __post_init__(self) -> None:
+        """Check shapes and values; raise ValueError naming the field."""
+        load = np.atleast_2d(np.asarray(self.load_w, dtype=np.float64))
+        pv = np.atleast_2d(np.asarray(self.pv_w, dtype=np.float64))
+        if load.shape != pv.shape:
+            raise ValueError(f"PlanScenarios.pv_w has shape {pv.shape}, load_w {load.shape}")
+        for name, arr in (("load_w", load), ("pv_w", pv)):
+            if not np.isfinite(arr).all() or (arr < 0).any():
+                raise ValueError(f"PlanScenarios.{name} must be finite and >= 0")
+        object.__setattr__(self, "load_w", load)
+        object.__setattr__(self, "pv_w", pv)
+        if self.weights is not None:
+            w = np.asarray(self.weights, dtype=np.float64).reshape(-1)
+            if w.size != load.shape[0] + 1 or (w < 0).any() or abs(w.sum() - 1.0) > 1e-9:
+                raise ValueError(
+                    f"PlanScenarios.weights must be {load.shape[0] + 1} values >= 0 summing to 1"
+                )
+            object.__setattr__(self, "weights", w)
+
+    @property
+    def count(self) -> int:
+        """Number of scenarios (besides the point forecast)."""
+        return int(self.load_w.shape[0])
+
+    def probabilities(self) -> FloatArray:
+        """Weights of the point forecast and of each scenario."""
+        if self.weights is not None:
+            return self.weights
+        return np.full(self.count + 1, 1.0 / (self.count + 1))
+
+
+@dataclass(frozen=True)
 class PlanBattery:
     """The battery as the planner sees it.
 
@@ -304,6 +362,13 @@ class PlanRequest:
         Price of a target or final SoC shortfall [EUR/kWh].
     penalty_import_limit_eur_per_kwh : float
         Price of energy imported above the import limit [EUR/kWh].
+    events : tuple of GridEvent
+        Grid events (:class:`openbess.io.hub.GridEvent` or anything with its fields) to plan
+        around: during each window the import and export are capped and the battery power is
+        held as the event asks, averaged over the part of each step the window covers; each
+        is relaxed by priced slack when it cannot be met.
+    penalty_event_eur_per_kwh : float
+        Price of energy by which a grid event is not met [EUR/kWh].
     mip_rel_gap : float
         Relative MIP gap when binaries are needed [fraction].
     time_limit_s : float
@@ -326,6 +391,8 @@ class PlanRequest:
     penalty_reserve_eur_per_kwh_h: float = 20.0
     penalty_target_eur_per_kwh: float = 10.0
     penalty_import_limit_eur_per_kwh: float = 50.0
+    events: tuple[EventLike, ...] = ()
+    penalty_event_eur_per_kwh: float = 50.0
     mip_rel_gap: float = 1e-4
     time_limit_s: float = 10.0
 
@@ -355,11 +422,22 @@ class PlanRequest:
             "penalty_reserve_eur_per_kwh_h",
             "penalty_target_eur_per_kwh",
             "penalty_import_limit_eur_per_kwh",
+            "penalty_event_eur_per_kwh",
             "time_limit_s",
         ):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"PlanRequest.{name} must be > 0, got {v!r}")
+        object.__setattr__(self, "events", tuple(self.events))
+        for k, e in enumerate(self.events):
+            if not (math.isfinite(e.start_s) and math.isfinite(e.end_s) and e.start_s < e.end_s):
+                raise ValueError(f"PlanRequest.events[{k}]: start_s must be finite and < end_s")
+            for name in ("max_import_w", "max_export_w", "battery_power_w"):
+                v = getattr(e, name)
+                if v is not None and not math.isfinite(v):
+                    raise ValueError(f"PlanRequest.events[{k}].{name} must be finite, got {v!r}")
+                if v is not None and name != "battery_power_w" and v < 0:
+                    raise ValueError(f"PlanRequest.events[{k}].{name} must be >= 0, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -369,10 +447,11 @@ class Relaxation:
     Parameters
     ----------
     constraint : str
-        ``soc_min``, ``soc_max``, ``reserve_soc``, ``target_soc``, ``final_soc`` or
-        ``import_limit``.
+        ``soc_min``, ``soc_max``, ``reserve_soc``, ``target_soc``, ``final_soc``,
+        ``import_limit``, or a grid event's ``event_import_limit``, ``event_export_limit``,
+        ``event_battery_power``.
     max_violation : float
-        Largest shortfall: SoC fraction for the SoC requirements, W for ``import_limit``.
+        Largest shortfall: SoC fraction for the SoC requirements, W for the power limits.
     energy_kwh : float
         Shortfall energy summed over the affected steps [kWh] (for SoC requirements: the
         shortfall at each step end; for the import limit: energy above it).
@@ -410,6 +489,11 @@ class PlanResult:
     Powers are step averages [W]; ``soc`` and ``energy_wh`` are at the END of each step.
     ``battery_power_w`` is AC, positive = discharge; grid import and export are both >= 0 and
     never both non-zero in a step (same for charge and discharge).
+
+    A plan over scenarios (:class:`PlanScenarios`) is the plan of the point forecast whose first
+    step is shared by every scenario; ``deviation_share`` is then the fraction of a first-step
+    net-load deviation from the forecast that the battery takes (0: the grid takes it all, 1:
+    the battery balances it), and ``scenarios`` their number (0 for a deterministic plan).
     """
 
     time_s: FloatArray
@@ -440,6 +524,8 @@ class PlanResult:
     status: str
     binaries: int
     relaxed: tuple[Relaxation, ...] = field(default_factory=tuple)
+    deviation_share: float | None = None
+    scenarios: int = 0
 
     @property
     def n_steps(self) -> int:
@@ -593,14 +679,6 @@ class _Builder:
         self.cols.append(c)
         self.vals.append(v)
 
-    def matrix(self) -> Any:
-        import scipy.sparse as sp  # imported on first use: the settings model stays light
-
-        rows = np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
-        cols = np.concatenate(self.cols) if self.cols else np.zeros(0, np.int64)
-        vals = np.concatenate(self.vals) if self.vals else np.zeros(0)
-        return sp.csc_matrix((vals, (rows, cols)), shape=(self.n_row, self.n_col))
-
 
 _BANNER_SILENCED = False
 
@@ -650,6 +728,7 @@ class _Model:
     offset: float
     cd_limits: tuple[FloatArray, FloatArray]
     grid_limits: tuple[float, float]
+    balance_rows: npt.NDArray[np.int64]
 
 
 def _power_limits_kw(inputs: PlanInputs, battery: PlanBattery) -> tuple[FloatArray, FloatArray]:
@@ -726,6 +805,11 @@ def _build(inputs: PlanInputs, battery: PlanBattery, req: PlanRequest) -> _Model
         b.coef(rows_bal[short], s_imp, 1.0)
         slack["import_limit"] = (s_imp, short, pen)
 
+    if req.events:
+        _add_events(
+            b, inputs, req, slack, g, x, c, d, s_imp, short, (g_max, x_max), (chg_max, dis_max)
+        )
+
     # energy: e_t - e_{t-1} - eta_c dt c_t + dt/eta_d d_t = 0 (e_{-1} = e0 on the right)
     rhs = np.zeros(n)
     rhs[0] = e0
@@ -780,8 +864,259 @@ def _build(inputs: PlanInputs, battery: PlanBattery, req: PlanRequest) -> _Model
         if s_imp is not None:
             b.coef(r[short], s_imp, 1.0)
     return _Model(
-        n, b, c, d, g, x, u, e, peak, slack, offset, (chg_max, dis_max), (g_max, x_upper.max())
+        n,
+        b,
+        c,
+        d,
+        g,
+        x,
+        u,
+        e,
+        peak,
+        slack,
+        offset,
+        (chg_max, dis_max),
+        (g_max, x_upper.max()),
+        rows_bal,
     )
+
+
+def _build_scenarios(
+    inputs: PlanInputs, battery: PlanBattery, req: PlanRequest, scenarios: PlanScenarios
+) -> tuple[_Model, int]:
+    """One program over the point forecast and every scenario, coupled at the first step.
+
+    The point forecast's columns come first (the returned model's indices are its own), then
+    the share ``beta``, then each scenario's copy. Coupling rows: ``(d0 - c0)`` of a scenario
+    equals the point forecast's plus ``beta`` times the scenario's first-step net-load
+    deviation [kW]. Costs are weighted by the probabilities.
+
+    A scenario changes only the balance rows' right-hand side and the PV that may be
+    curtailed, so its copy is the point forecast's model shifted and tiled with numpy; a
+    scenario whose structure differs (load above the import limit at other steps, charging
+    or export bound by the PV surplus) is built on its own.
+    """
+    w = scenarios.probabilities()
+    base = _build(inputs, battery, req)
+    b = base.builder
+    cost0 = np.concatenate(b.cost)
+    lower0 = np.concatenate(b.lower)
+    upper0 = np.concatenate(b.upper)
+    rl0 = np.concatenate(b.row_lower)
+    ru0 = np.concatenate(b.row_upper)
+    rows0, cols0, vals0 = _triplets(base)
+    n_col0, n_row0 = b.n_col, b.n_row
+    b.cost = [cost0 * w[0]]
+    b.lower, b.upper, b.row_lower, b.row_upper = [lower0], [upper0], [rl0], [ru0]
+    b.rows, b.cols, b.vals = [rows0], [cols0], [vals0]
+    offset = base.offset * w[0]
+    beta = int(b.add_cols(1, 0.0, 1.0, 0.0)[0])
+    beta2 = int(b.add_cols(1, 0.0, 1.0, 0.0)[0])
+    g_max = req.max_import_w / 1000.0
+    net_pt = (inputs.load_w - inputs.pv_w) / 1000.0
+    short0 = net_pt > g_max + 1e-9
+    same_shape = req.allow_grid_charging and req.allow_battery_export
+    nets = (scenarios.load_w - scenarios.pv_w) / 1000.0
+    tiled = [
+        k
+        for k in range(scenarios.count)
+        if same_shape and np.array_equal(nets[k] > g_max + 1e-9, short0)
+    ]
+    coupling: list[tuple[int, int, float]] = []  # (d0 column, c0 column, deviation [kW])
+    if tiled:
+        m = len(tiled)
+        col_start = b.n_col + n_col0 * np.arange(m)
+        row_start = b.n_row + n_row0 * np.arange(m)
+        b.rows.append((rows0[None, :] + row_start[:, None]).ravel())
+        b.cols.append((cols0[None, :] + col_start[:, None]).ravel())
+        b.vals.append(np.tile(vals0, m))
+        b.cost.append((cost0[None, :] * w[np.asarray(tiled) + 1][:, None]).ravel())
+        b.lower.append(np.tile(lower0, m))
+        upper = np.tile(upper0, (m, 1))
+        upper[:, base.u] = scenarios.pv_w[tiled] / 1000.0
+        b.upper.append(upper.ravel())
+        rl = np.tile(rl0, (m, 1))
+        ru = np.tile(ru0, (m, 1))
+        rl[:, base.balance_rows] = nets[tiled]
+        ru[:, base.balance_rows] = nets[tiled]
+        b.row_lower.append(rl.ravel())
+        b.row_upper.append(ru.ravel())
+        b.n_col += n_col0 * m
+        b.n_row += n_row0 * m
+        offset += base.offset * float(np.sum(w[np.asarray(tiled) + 1]))
+        for i, k in enumerate(tiled):
+            c0 = int(col_start[i])
+            coupling.append((int(base.d[0]) + c0, int(base.c[0]) + c0, nets[k][0] - net_pt[0]))
+    for k in sorted(set(range(scenarios.count)) - set(tiled)):
+        si = PlanInputs(
+            time_s=inputs.time_s,
+            step_s=inputs.step_s,
+            load_w=scenarios.load_w[k],
+            pv_w=scenarios.pv_w[k],
+            import_price_eur_per_kwh=inputs.import_price_eur_per_kwh,
+            export_price_eur_per_kwh=inputs.export_price_eur_per_kwh,
+        )
+        mk = _build(si, battery, req)
+        mb = mk.builder
+        col0, row0 = b.n_col, b.n_row
+        r, c, v = _triplets(mk)
+        b.rows.append(r + row0)
+        b.cols.append(c + col0)
+        b.vals.append(v)
+        b.cost.append(np.concatenate(mb.cost) * w[k + 1])
+        b.lower.append(np.concatenate(mb.lower))
+        b.upper.append(np.concatenate(mb.upper))
+        b.row_lower.append(np.concatenate(mb.row_lower))
+        b.row_upper.append(np.concatenate(mb.row_upper))
+        b.n_col += mb.n_col
+        b.n_row += mb.n_row
+        offset += mk.offset * w[k + 1]
+        coupling.append((int(mk.d[0]) + col0, int(mk.c[0]) + col0, nets[k][0] - net_pt[0]))
+    if coupling:
+        cc = np.asarray(coupling, dtype=np.float64)
+        # keep every coefficient in the matrix, also a zero one (warm re-solves)
+        dev = np.where(np.abs(cc[:, 2]) < 1e-6, 1e-6, cc[:, 2])
+        small = np.clip(dev, -SPLIT_KW, SPLIT_KW)
+        large = dev - small
+        dev = np.where(np.abs(small) < 1e-6, 1e-6, small)
+        large = np.where(np.abs(large) < 1e-6, 1e-6, large)
+        r = b.add_rows(0.0, 0.0, len(coupling))
+        b.coef(r, np.full(len(coupling), beta2), -large)
+        ones = np.ones(len(coupling))
+        b.coef(
+            np.repeat(r, 5),
+            np.column_stack(
+                [
+                    cc[:, 0].astype(np.int64),
+                    cc[:, 1].astype(np.int64),
+                    np.full(len(coupling), base.d[0]),
+                    np.full(len(coupling), base.c[0]),
+                    np.full(len(coupling), beta),
+                ]
+            ).ravel(),
+            np.column_stack([ones, -ones, -ones, ones, -dev]).ravel(),
+        )
+    base.offset = offset
+    global LAST_BETA2_COL
+    LAST_BETA2_COL = beta2
+    return base, beta
+
+
+def event_step_limits(
+    inputs: PlanInputs,
+    events: tuple[EventLike, ...],
+    grid_limits_w: tuple[float, float] = (math.inf, math.inf),
+    battery_limits_w: tuple[FloatArray, FloatArray] | None = None,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Per-step limits from grid events: step averages over the part each window covers.
+
+    For a step that an event covers for a fraction ``f`` of its length, the average import is
+    at most ``f cap + (1 - f) connection limit`` (likewise the export), and the average battery
+    power lies in ``[f P - (1 - f) charge limit, f P + (1 - f) discharge limit]``. Several
+    events in one step: the lowest caps; the battery power of the event that started last.
+
+    Parameters
+    ----------
+    inputs : PlanInputs
+        The horizon.
+    events : tuple of GridEvent
+        The events.
+    grid_limits_w : tuple of float
+        Connection import and export limits [W].
+    battery_limits_w : tuple of numpy.ndarray or None
+        Charge and discharge power limits per step [W] (default: unlimited).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(max_import_w, max_export_w, battery_min_w, battery_max_w)`` per step; ``inf``
+        (``-inf`` for the minimum) where no event applies.
+    """
+    n = inputs.n_steps
+    t0 = inputs.time_s
+    t1 = inputs.time_s + inputs.step_s
+    imp = np.full(n, np.inf)
+    exp = np.full(n, np.inf)
+    b_lo = np.full(n, -np.inf)
+    b_hi = np.full(n, np.inf)
+    chg, dis = battery_limits_w if battery_limits_w is not None else (imp, exp)
+    g_max, x_max = grid_limits_w
+    hold_start = np.full(n, -np.inf)
+    for e in events:
+        f = np.clip((np.minimum(e.end_s, t1) - np.maximum(e.start_s, t0)) / inputs.step_s, 0, 1)
+        on = f > 0.0
+        if not on.any():
+            continue
+        rest = 1.0 - f
+        with np.errstate(invalid="ignore"):
+            if e.max_import_w is not None:
+                cap = f * e.max_import_w + np.where(rest > 0, rest * g_max, 0.0)
+                imp = np.where(on, np.minimum(imp, cap), imp)
+            if e.max_export_w is not None:
+                cap = f * e.max_export_w + np.where(rest > 0, rest * x_max, 0.0)
+                exp = np.where(on, np.minimum(exp, cap), exp)
+            if e.battery_power_w is not None:
+                mine = on & (e.start_s >= hold_start)
+                p = float(e.battery_power_w)
+                lo = f * p - np.where(rest > 0, rest * chg, 0.0)
+                hi = f * p + np.where(rest > 0, rest * dis, 0.0)
+                b_lo = np.where(mine, lo, b_lo)
+                b_hi = np.where(mine, hi, b_hi)
+                hold_start = np.where(mine, e.start_s, hold_start)
+    return imp, exp, b_lo, b_hi
+
+
+def _add_events(
+    b: _Builder,
+    inputs: PlanInputs,
+    req: PlanRequest,
+    slack: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], float]],
+    g: npt.NDArray[np.int64],
+    x: npt.NDArray[np.int64],
+    c: npt.NDArray[np.int64],
+    d: npt.NDArray[np.int64],
+    s_imp: npt.NDArray[np.int64] | None,
+    short: npt.NDArray[np.int64],
+    grid_kw: tuple[float, float],
+    battery_kw: tuple[FloatArray, FloatArray],
+) -> None:
+    """Rows and priced slack of the grid events (see :func:`event_step_limits`)."""
+    dt_h = inputs.step_s / 3600.0
+    pen = req.penalty_event_eur_per_kwh
+    imp, exp, b_lo, b_hi = event_step_limits(
+        inputs,
+        req.events,
+        (grid_kw[0] * 1000.0, grid_kw[1] * 1000.0),
+        (battery_kw[0] * 1000.0, battery_kw[1] * 1000.0),
+    )
+    steps = np.flatnonzero(np.isfinite(imp))
+    if steps.size:  # g_t (+ import-limit slack) - s_t <= cap_t
+        s = b.add_cols(steps.size, 0.0, np.inf, pen * dt_h[steps])
+        r = b.add_rows(-np.inf, imp[steps] / 1000.0, steps.size)
+        b.coef(r, g[steps], 1.0)
+        b.coef(r, s, -1.0)
+        if s_imp is not None:
+            pos = np.searchsorted(steps, short)
+            hit = (pos < steps.size) & (steps[np.minimum(pos, steps.size - 1)] == short)
+            b.coef(r[pos[hit]], s_imp[hit], 1.0)
+        slack["event_import_limit"] = (s, steps, pen)
+    steps = np.flatnonzero(np.isfinite(exp))
+    if steps.size:  # x_t - s_t <= cap_t
+        s = b.add_cols(steps.size, 0.0, np.inf, pen * dt_h[steps])
+        r = b.add_rows(-np.inf, exp[steps] / 1000.0, steps.size)
+        b.coef(r, x[steps], 1.0)
+        b.coef(r, s, -1.0)
+        slack["event_export_limit"] = (s, steps, pen)
+    steps = np.flatnonzero(np.isfinite(b_lo))
+    if steps.size:  # lo_t <= d_t - c_t + up_t - down_t <= hi_t
+        m = steps.size
+        s = b.add_cols(2 * m, 0.0, np.inf, pen * np.tile(dt_h[steps], 2))
+        r = b.add_rows(b_lo[steps] / 1000.0, b_hi[steps] / 1000.0, m)
+        b.coef(r, d[steps], 1.0)
+        b.coef(r, c[steps], -1.0)
+        b.coef(r, s[:m], 1.0)
+        b.coef(r, s[m:], -1.0)
+        slack["event_battery_power"] = (s, np.tile(steps, 2), pen)
 
 
 def _add_binaries(
@@ -815,32 +1150,170 @@ def _add_binaries(
     return np.concatenate(new) if new else np.zeros(0, np.int64)
 
 
-def _solve(
-    model: _Model, integer_cols: npt.NDArray[np.int64], req: PlanRequest
-) -> tuple[FloatArray, str]:
+def _vectors(model: _Model) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Cost, column bounds and row bounds of a model, with HiGHS's infinity."""
     import highspy
 
     b = model.builder
-    a = b.matrix()
-    h = _new_highs()
+    inf = highspy.kHighsInf
+    upper = np.concatenate(b.upper)
+    upper = np.where(np.isinf(upper), inf, upper)
+    lower = np.ascontiguousarray(np.concatenate(b.lower))
+    row_lower = np.concatenate(b.row_lower)
+    row_upper = np.concatenate(b.row_upper)
+    row_lower = np.where(np.isinf(row_lower), -inf, row_lower)
+    row_upper = np.where(np.isinf(row_upper), inf, row_upper)
+    cost = np.ascontiguousarray(np.concatenate(b.cost))
+    return cost, lower, upper, row_lower, row_upper
+
+
+def _triplets(model: _Model) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], FloatArray]:
+    b = model.builder
+    rows = np.concatenate(b.rows) if b.rows else np.zeros(0, np.int64)
+    cols = np.concatenate(b.cols) if b.cols else np.zeros(0, np.int64)
+    vals = np.concatenate(b.vals) if b.vals else np.zeros(0)
+    return rows, cols, vals
+
+
+def _configure(h: Any, mip: bool, req: PlanRequest) -> None:
     h.setOptionValue("time_limit", float(req.time_limit_s))
-    integrality = np.zeros(b.n_col, dtype=np.int32)
-    if integer_cols.size:
-        integrality[integer_cols] = 1
+    if mip:
         h.setOptionValue("mip_rel_gap", float(req.mip_rel_gap))
     else:
         # Measured on the 672-step week: presolve removes little from this LP and costs a
         # third of the time; the serial dual simplex is the fastest strategy here.
         h.setOptionValue("presolve", "off")
         h.setOptionValue("simplex_strategy", 1)
-    upper = np.concatenate(b.upper)
-    inf = highspy.kHighsInf
-    upper = np.where(np.isinf(upper), inf, upper)
-    lower = np.concatenate(b.lower)
-    row_lower = np.concatenate(b.row_lower)
-    row_upper = np.concatenate(b.row_upper)
-    row_lower = np.where(np.isinf(row_lower), -inf, row_lower)
-    row_upper = np.where(np.isinf(row_upper), inf, row_upper)
+
+
+class PlanSolver:
+    """A HiGHS instance kept between plans, so that a receding horizon re-solves warm.
+
+    When the next linear program has the same matrix as the previous one (same steps, same
+    battery efficiencies, same options: the usual case every 15 min), only its costs and
+    bounds are changed and HiGHS starts from the previous optimal basis (a few tens of
+    simplex iterations instead of a few hundred); any other program is passed whole. Mixed-
+    integer programs (negative prices) are always solved afresh. A warm re-solve that is not
+    optimal within ``warm_time_limit_s`` is solved again afresh (``warm_failures`` counts
+    them). Not thread-safe: one per planner.
+    """
+
+    #: At most this fraction of the matrix entries may change for a warm re-solve.
+    max_changed_fraction = 0.05
+    #: Time limit of a warm re-solve [s]; one that does not finish is solved afresh.
+    warm_time_limit_s = 2.0
+
+    def __init__(self) -> None:
+        self._h: Any = None
+        self._pattern: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], FloatArray] | None = None
+        self._unique = False
+        empty = np.zeros(0)
+        self._vectors: tuple[FloatArray, ...] = (empty, empty, empty, empty, empty)
+        self.solves = 0
+        self.warm_solves = 0
+        self.warm_failures = 0
+
+    def solve(self, model: _Model, req: PlanRequest) -> tuple[FloatArray, str]:
+        """Solve the linear program of ``model`` (no integer columns), warm when possible.
+
+        Parameters
+        ----------
+        model : _Model
+            The built model.
+        req : PlanRequest
+            Time limit.
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, str)
+            Column values and the model status.
+        """
+        import highspy
+
+        triplets = _triplets(model)
+        cost, lower, upper, row_lower, row_upper = _vectors(model)
+        b = model.builder
+        prev = self._pattern
+        changed = np.zeros(0, np.int64)
+        same = (
+            self._h is not None
+            and prev is not None
+            and prev[0].size == triplets[0].size
+            and np.array_equal(prev[0], triplets[0])
+            and np.array_equal(prev[1], triplets[1])
+            and self._vectors[0].size == cost.size
+            and self._vectors[3].size == row_lower.size
+        )
+        if same and prev is not None:
+            changed = np.flatnonzero(prev[2] != triplets[2])
+            # a few changed coefficients (a shorter first step, scenario deviations) are
+            # changed in place; many mean another problem: pass it whole
+            most = max(16, int(self.max_changed_fraction * triplets[2].size))
+            same = changed.size == 0 or (self._unique and changed.size <= most)
+        self.solves += 1
+        if same:
+            h = self._h
+            rows_t, cols_t, vals_t = triplets
+            for k in changed:
+                h.changeCoeff(int(rows_t[k]), int(cols_t[k]), float(vals_t[k]))
+            self._pattern = triplets
+            # only what changed: most costs and bounds are the same from plan to plan
+            old_cost, old_lower, old_upper, old_rl, old_ru = self._vectors
+            cols = np.flatnonzero(old_cost != cost).astype(np.int32)
+            if cols.size:
+                h.changeColsCost(cols.size, cols, cost[cols])
+            cols = np.flatnonzero((old_lower != lower) | (old_upper != upper)).astype(np.int32)
+            if cols.size:
+                h.changeColsBounds(cols.size, cols, lower[cols], upper[cols])
+            rows = np.flatnonzero((old_rl != row_lower) | (old_ru != row_upper)).astype(np.int32)
+            if rows.size:
+                h.changeRowsBounds(rows.size, rows, row_lower[rows], row_upper[rows])
+            h.changeObjectiveOffset(float(model.offset))
+            self._vectors = (cost, lower, upper, row_lower, row_upper)
+            # HiGHS's time limit counts the instance's whole run time, not this run's
+            budget = min(float(req.time_limit_s), self.warm_time_limit_s)
+            h.setOptionValue("time_limit", float(h.getRunTime()) + budget)
+            try:
+                values, name = _run(h)
+            except RuntimeError as err:
+                values = None
+                log.warning("warm re-solve failed (%s): solving afresh", err)
+                self.warm_failures += 1
+            if values is not None and h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+                self.warm_solves += 1
+                return values, name
+        h = _new_highs()
+        _configure(h, False, req)
+        _pass(h, model, triplets, (cost, lower, upper, row_lower, row_upper), None)
+        self._h = h
+        self._pattern = triplets
+        self._vectors = (cost, lower, upper, row_lower, row_upper)
+        keys = triplets[0] * max(b.n_col, 1) + triplets[1]
+        self._unique = bool(np.unique(keys).size == keys.size)
+        try:
+            values, name = _run(h)
+        except RuntimeError:
+            self._h = self._pattern = None  # start afresh next time
+            raise
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            self._h = self._pattern = None
+        return values, name
+
+
+def _pass(
+    h: Any,
+    model: _Model,
+    triplets: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], FloatArray],
+    vectors: tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray],
+    integrality: npt.NDArray[np.int32] | None,
+) -> None:
+    import highspy
+    import scipy.sparse as sp  # imported on first use: the settings model stays light
+
+    b = model.builder
+    rows, cols, vals = triplets
+    a = sp.csc_matrix((vals, (rows, cols)), shape=(b.n_row, b.n_col))
+    cost, lower, upper, row_lower, row_upper = vectors
     status = h.passModel(
         b.n_col,
         b.n_row,
@@ -848,18 +1321,23 @@ def _solve(
         int(highspy.MatrixFormat.kColwise),
         int(highspy.ObjSense.kMinimize),
         float(model.offset),
-        np.ascontiguousarray(np.concatenate(b.cost)),
-        np.ascontiguousarray(lower),
+        cost,
+        lower,
         np.ascontiguousarray(upper),
         np.ascontiguousarray(row_lower),
         np.ascontiguousarray(row_upper),
         a.indptr.astype(np.int32),
         a.indices.astype(np.int32),
         a.data.astype(np.float64),
-        integrality,
+        integrality if integrality is not None else np.zeros(b.n_col, dtype=np.int32),
     )
     if status == highspy.HighsStatus.kError:  # pragma: no cover - a bug in the builder
         raise RuntimeError("HiGHS rejected the model")
+
+
+def _run(h: Any) -> tuple[FloatArray, str]:
+    import highspy
+
     h.run()
     ms = h.getModelStatus()
     name = h.modelStatusToString(ms)
@@ -872,6 +1350,22 @@ def _solve(
             raise RuntimeError(f"HiGHS found no feasible solution: {name}")
         log.warning("HiGHS stopped with status %r; using its best feasible solution", name)
     return np.asarray(sol.col_value, dtype=np.float64), name
+
+
+def _solve(
+    model: _Model,
+    integer_cols: npt.NDArray[np.int64],
+    req: PlanRequest,
+    solver: PlanSolver | None = None,
+) -> tuple[FloatArray, str]:
+    if solver is not None and not integer_cols.size:
+        return solver.solve(model, req)
+    h = _new_highs()
+    _configure(h, bool(integer_cols.size), req)
+    integrality = np.zeros(model.builder.n_col, dtype=np.int32)
+    integrality[integer_cols] = 1
+    _pass(h, model, _triplets(model), _vectors(model), integrality)
+    return _run(h)
 
 
 def baseline_cost_eur(inputs: PlanInputs, max_export_w: float = math.inf) -> float:
@@ -904,7 +1398,12 @@ def baseline_cost_eur(inputs: PlanInputs, max_export_w: float = math.inf) -> flo
 
 
 def optimize(
-    inputs: PlanInputs, battery: PlanBattery, request: PlanRequest | None = None
+    inputs: PlanInputs,
+    battery: PlanBattery,
+    request: PlanRequest | None = None,
+    *,
+    solver: PlanSolver | None = None,
+    scenarios: PlanScenarios | None = None,
 ) -> PlanResult:
     """Plan the battery over the horizon: minimum cost, every limit respected, never infeasible.
 
@@ -916,11 +1415,23 @@ def optimize(
         Capacity, SoC, window, power limits, efficiencies.
     request : PlanRequest or None
         Grid limits, tariff terms, requests and penalties (default: :class:`PlanRequest`).
+    solver : PlanSolver or None
+        Keeps HiGHS between calls (warm re-solves in a receding horizon); None for a fresh
+        instance.
+    scenarios : PlanScenarios or None
+        Other load and PV trajectories to hedge against (see :class:`PlanScenarios`); the
+        result is then the point forecast's plan with the shared first step and its
+        ``deviation_share``. Ignored (a deterministic plan) where binaries are needed.
 
     Returns
     -------
     PlanResult
         The schedule, its costs, the solve time (build plus solve) and what was relaxed.
+
+    Raises
+    ------
+    ValueError
+        If the scenarios do not have one value per step.
     """
     req = request if request is not None else PlanRequest()
     t0 = time.perf_counter()
@@ -929,19 +1440,45 @@ def optimize(
     p_exp = inputs.export_price_eur_per_kwh
     cd_steps = np.flatnonzero(p_imp < 0).astype(np.int64)
     gx_steps = np.flatnonzero(p_imp < p_exp).astype(np.int64)
+    equal_price = np.abs(p_imp - p_exp) <= 1e-12
+    if scenarios is not None and scenarios.count:
+        if scenarios.load_w.shape[1] != n:
+            raise ValueError(f"PlanScenarios has {scenarios.load_w.shape[1]} steps, the inputs {n}")
+        if not cd_steps.size and not gx_steps.size:
+            model, beta = _build_scenarios(inputs, battery, req, scenarios)
+            values, status = _solve(model, np.zeros(0, np.int64), req, solver)
+            _net_grid_flows(values, model, equal_price)
+            cv, dv = values[model.c], values[model.d]
+            if not (np.minimum(cv, dv) > SIMULTANEITY_TOL_KW).any():
+                share = float(min(max(values[beta], 0.0), 1.0))
+                global LAST_BETA2
+                LAST_BETA2 = float(min(max(values[LAST_BETA2_COL], 0.0), 1.0))
+                return _result(
+                    inputs,
+                    battery,
+                    req,
+                    model,
+                    values,
+                    status,
+                    0,
+                    time.perf_counter() - t0,
+                    n,
+                    deviation_share=share,
+                    scenarios=scenarios.count,
+                )
+            log.debug("scenario plan charged and discharged at once: deterministic plan")
     model = _build(inputs, battery, req)
     ints = _add_binaries(model, cd_steps, gx_steps)
     try:
-        values, status = _solve(model, ints, req)
+        values, status = _solve(model, ints, req, solver)
     except RuntimeError:
         if not ints.size:
             raise
         # The base columns of a fresh build have the same indices (binaries come last).
         log.warning("MIP found no solution in %.3g s: using the LP relaxation", req.time_limit_s)
-        values, status = _solve(_build(inputs, battery, req), np.zeros(0, np.int64), req)
+        values, status = _solve(_build(inputs, battery, req), np.zeros(0, np.int64), req, solver)
         status = f"{status} (LP relaxation: the MIP found no solution in time)"
         cd_steps = gx_steps = np.arange(n, dtype=np.int64)  # do not try again
-    equal_price = np.abs(p_imp - p_exp) <= 1e-12
     for rounds in range(MAX_BINARY_ROUNDS):
         _net_grid_flows(values, model, equal_price)
         cv, dv = values[model.c], values[model.d]
@@ -994,6 +1531,8 @@ def _result(
     n_bin: int,
     solve_time: float,
     n: int,
+    deviation_share: float | None = None,
+    scenarios: int = 0,
 ) -> PlanResult:
     dt_h = inputs.step_s / 3600.0
     cap_kwh = battery.capacity_wh / 1000.0
@@ -1008,8 +1547,9 @@ def _result(
     g_total = g.copy()
     for name, (cols, steps, pen) in model.slack.items():
         s = np.maximum(values[cols], 0.0)
-        if name == "import_limit":
-            g_total[steps] += s
+        if name == "import_limit" or name.startswith("event_"):
+            if name == "import_limit":
+                g_total[steps] += s
             pen_eur = float(np.sum(s * dt_h[steps]) * pen)
             energy = float(np.sum(s * dt_h[steps]))
             worst = float(s.max()) * 1000.0 if s.size else 0.0
@@ -1078,6 +1618,8 @@ def _result(
         status=status,
         binaries=n_bin,
         relaxed=tuple(relaxed),
+        deviation_share=deviation_share,
+        scenarios=scenarios,
     )
 
 
@@ -1385,6 +1927,7 @@ def plan_request(
         penalty_reserve_eur_per_kwh_h=options.penalty_reserve_eur_per_kwh_h,
         penalty_target_eur_per_kwh=options.penalty_target_eur_per_kwh,
         penalty_import_limit_eur_per_kwh=options.penalty_import_limit_eur_per_kwh,
+        penalty_event_eur_per_kwh=options.penalty_event_eur_per_kwh,
         mip_rel_gap=options.mip_rel_gap,
         time_limit_s=options.time_limit_s,
     )
@@ -1405,3 +1948,8 @@ def optimizer_config_for(config: SiteConfig) -> OptimizerConfig:
     """
     found = getattr(config, "optimizer", None)
     return found if isinstance(found, OptimizerConfig) else OptimizerConfig()
+
+import os as _os
+SPLIT_KW = float(_os.environ.get('SPLIT_KW', '1.0'))
+LAST_BETA2 = 0.0
+LAST_BETA2_COL = 0

@@ -8,11 +8,25 @@ must not assume its command was executed: the gate's decision comes back in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from openbess.contract import Command, Mode, Telemetry
+from openbess.ems.realtime import (
+    RealtimeConfig,
+    RealtimeLayer,
+    Wish,
+    balance_w,
+    read_events,
+    realtime_config_for,
+)
 from openbess.plant import SiteMeasurements
+
+if TYPE_CHECKING:
+    from openbess.config import SiteConfig
+    from openbess.io.hub import GridEvent
 
 
 class Strategy(Protocol):
@@ -33,8 +47,10 @@ class SelfConsumption:
 
     The battery covers the net load (load - PV) when it can and soaks up the PV surplus; below
     ``reserve_soc`` it stops discharging (the gate enforces the reserve too). The grid balance
-    is measured, not predicted: the new setpoint is the present battery power plus the grid
-    import, so forecast errors and clamping are absorbed every dispatch.
+    is measured, not predicted: the wish is the present battery power plus the grid import,
+    so forecast errors and clamping are absorbed every dispatch. The real-time layer
+    (:mod:`openbess.ems.realtime`) then keeps the import under the peak limit and the export
+    under the export limit, obeys grid events, ramps and keeps the BMS limits.
 
     Parameters
     ----------
@@ -46,8 +62,12 @@ class SelfConsumption:
         AC ratings [W].
     validity_s : float
         Lifetime of each command [s].
-    deadband_w : float
-        Grid power ignored as noise [W].
+    max_import_w, max_export_w : float
+        Grid connection limits [W] (``inf``: none).
+    realtime : RealtimeConfig
+        Ramp rate, dead bands and peak limit of the real-time layer.
+    events : callable or None
+        ``now_s -> grid events`` (e.g. :meth:`openbess.io.hub.Hub.grid_events`).
     """
 
     reserve_soc: float
@@ -56,16 +76,61 @@ class SelfConsumption:
     max_charge_power_w: float
     max_discharge_power_w: float
     validity_s: float = 5.0
-    deadband_w: float = 10.0
+    max_import_w: float = math.inf
+    max_export_w: float = math.inf
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
+    events: Callable[[float], Sequence[GridEvent]] | None = None
     name: str = "self_consumption"
+    layer: RealtimeLayer = field(init=False)
     _seq: int = 0
-    _target_w: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Build the real-time layer from the ratings and limits."""
+        self.layer = RealtimeLayer(
+            settings=self.realtime,
+            max_import_w=self.max_import_w,
+            max_export_w=self.max_export_w,
+            max_charge_power_w=self.max_charge_power_w,
+            max_discharge_power_w=self.max_discharge_power_w,
+            soc_min=self.soc_min,
+            soc_max=self.soc_max,
+            reserve_soc=self.reserve_soc,
+        )
+
+    @classmethod
+    def for_site(cls, config: SiteConfig, validity_s: float = 5.0) -> SelfConsumption:
+        """The strategy for a site: its window, ratings, reserve, grid limits and settings.
+
+        Parameters
+        ----------
+        config : SiteConfig
+            Site configuration.
+        validity_s : float
+            Lifetime of each command [s].
+
+        Returns
+        -------
+        SelfConsumption
+            The strategy.
+        """
+        b, g = config.battery, config.grid
+        return cls(
+            reserve_soc=config.ems.reserve_soc,
+            soc_min=b.soc_min,
+            soc_max=b.soc_max,
+            max_charge_power_w=b.max_charge_power_w,
+            max_discharge_power_w=b.max_discharge_power_w,
+            validity_s=validity_s,
+            max_import_w=g.max_import_w,
+            max_export_w=g.max_export_w,
+            realtime=realtime_config_for(config),
+        )
 
     def replan(self, now_s: float, telemetry: Telemetry) -> None:
         """Self-consumption needs no plan; the reserve is static."""
 
     def dispatch(self, now_s: float, telemetry: Telemetry, site: SiteMeasurements) -> Command:
-        """Return the power that would bring the grid exchange to zero.
+        """Return the power that brings the grid exchange to zero, within the real-time rules.
 
         Parameters
         ----------
@@ -81,24 +146,15 @@ class SelfConsumption:
         Command
             A ``power`` command valid for ``validity_s``.
         """
-        net_w = site.grid_power_w + site.battery_ac_power_w  # load - pv, as seen by the meter
-        if abs(site.grid_power_w) < self.deadband_w:
-            net_w = site.battery_ac_power_w
-        # Ask only for what the BMS says the battery may do now (the gate would clamp anyway).
-        max_chg = min(self.max_charge_power_w, telemetry.charge_power_limit_w)
-        max_dis = min(self.max_discharge_power_w, telemetry.discharge_power_limit_w)
-        target = min(max(net_w, -max_chg), max_dis)
-        floor = max(self.reserve_soc, self.soc_min)
-        if target > 0 and telemetry.soc <= floor:
-            target = 0.0
-        if target < 0 and telemetry.soc >= self.soc_max:
-            target = 0.0
+        wish = Wish(balance_w(site, self.realtime.deadband_w), max_export_w=0.0)
+        decision = self.layer.setpoint(
+            now_s, telemetry, site, wish, read_events(self.events, now_s)
+        )
         self._seq += 1
-        self._target_w = target
         return Command(
             seq=self._seq,
             mode=Mode.POWER,
-            power_w=target,
+            power_w=decision.power_w,
             valid_until_s=now_s + self.validity_s,
             reserve_soc=self.reserve_soc,
             source="ems",
