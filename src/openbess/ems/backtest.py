@@ -442,9 +442,11 @@ def default_provider(config: SiteConfig, actuals: pd.DataFrame) -> HistoryForeca
     """The model forecasts of a backtest (chosen on the bundled ``home`` year, see docs).
 
     - load: mean of every day over the last two weeks at the same local time, anchored to the
-      last hour's measurement (time constant 30 min: a longer one scores better one step
-      ahead but makes worse plans, see ``docs/forecasting.md``);
-    - PV: clear-sky PV of the site's plant times a persisted clearness index;
+      last hour's measurement with a 30 min time constant (a longer anchor, 3 h, scores
+      about the same but makes clearly worse plans, see ``docs/forecasting.md``);
+    - PV: clear-sky PV of the site's plant times a persisted clearness index (the last
+      15 min's, decaying with a 4 h time constant to a blend of yesterday's and the last
+      week's);
     - prices: published day-ahead prices (tomorrow's after 13:00 CET), beyond them additive
       Holt-Winters exponential smoothing with a daily season.
 
@@ -465,7 +467,9 @@ def default_provider(config: SiteConfig, actuals: pd.DataFrame) -> HistoryForeca
     )
     pv: Forecaster
     if config.pv.enabled and config.pv.peak_power_w > 0:
-        pv = ClearSkyPvForecaster(ClearSkyPv(pv_plant_for(config)), tau_s=4.0 * 3600.0)
+        pv = ClearSkyPvForecaster(
+            ClearSkyPv(pv_plant_for(config)), recent_s=900.0, tau_s=4.0 * 3600.0
+        )
     else:
         pv = SeasonalNaiveForecaster(DAY_S, nonnegative=True)
     price = HoltWintersForecaster(alpha=0.1, beta=0.0, gamma=0.3)
@@ -523,10 +527,7 @@ def _dispatch_target(
     planned_export = float(plan.grid_export_w[j])
     if j == 0 and plan.deviation_share is not None:
         forecast_net = float(plan.load_w[0] - plan.pv_w[0])
-        import openbess.ems.optimizer as _o
-        dev = net - forecast_net
-        sm = min(max(dev, -_o.SPLIT_KW * 1000.0), _o.SPLIT_KW * 1000.0)
-        target = float(plan.battery_power_w[0]) + plan.deviation_share * sm + getattr(plan, "beta2", 0.0) * (dev - sm)
+        target = float(plan.battery_power_w[0]) + plan.deviation_share * (net - forecast_net)
     elif planned_import < PLAN_FLOW_TOL_W and planned_export < PLAN_FLOW_TOL_W:
         target = net
     else:
@@ -753,9 +754,6 @@ def run_backtest(
                     pv_w=np.maximum(plan_inputs.pv_w[None, :] + agg_dev[:, 1], 0.0),
                 )
         plan = plan_fn(plan_inputs, soc, scenarios=scenarios)
-        if plan.deviation_share is not None:
-            import openbess.ems.optimizer as _o
-            object.__setattr__(plan, "beta2", _o.LAST_BETA2)
         solve_times.append(plan.solve_time_s)
         relaxed += len(plan.relaxed)
         for j in range(min(replan, n_all - i)):

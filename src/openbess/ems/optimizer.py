@@ -911,7 +911,6 @@ def _build_scenarios(
     b.rows, b.cols, b.vals = [rows0], [cols0], [vals0]
     offset = base.offset * w[0]
     beta = int(b.add_cols(1, 0.0, 1.0, 0.0)[0])
-    beta2 = int(b.add_cols(1, 0.0, 1.0, 0.0)[0])
     g_max = req.max_import_w / 1000.0
     net_pt = (inputs.load_w - inputs.pv_w) / 1000.0
     short0 = net_pt > g_max + 1e-9
@@ -974,14 +973,10 @@ def _build_scenarios(
         coupling.append((int(mk.d[0]) + col0, int(mk.c[0]) + col0, nets[k][0] - net_pt[0]))
     if coupling:
         cc = np.asarray(coupling, dtype=np.float64)
-        # keep every coefficient in the matrix, also a zero one (warm re-solves)
-        dev = np.where(np.abs(cc[:, 2]) < 1e-6, 1e-6, cc[:, 2])
-        small = np.clip(dev, -SPLIT_KW, SPLIT_KW)
-        large = dev - small
-        dev = np.where(np.abs(small) < 1e-6, 1e-6, small)
-        large = np.where(np.abs(large) < 1e-6, 1e-6, large)
+        # keep every coefficient in the matrix (warm re-solves): a deviation under 1 W counts
+        # as 1 W (well scaled, and no difference to the plan)
+        dev = np.where(np.abs(cc[:, 2]) < 1e-3, 1e-3, cc[:, 2])
         r = b.add_rows(0.0, 0.0, len(coupling))
-        b.coef(r, np.full(len(coupling), beta2), -large)
         ones = np.ones(len(coupling))
         b.coef(
             np.repeat(r, 5),
@@ -997,8 +992,6 @@ def _build_scenarios(
             np.column_stack([ones, -ones, -ones, ones, -dev]).ravel(),
         )
     base.offset = offset
-    global LAST_BETA2_COL
-    LAST_BETA2_COL = beta2
     return base, beta
 
 
@@ -1273,15 +1266,19 @@ class PlanSolver:
             # HiGHS's time limit counts the instance's whole run time, not this run's
             budget = min(float(req.time_limit_s), self.warm_time_limit_s)
             h.setOptionValue("time_limit", float(h.getRunTime()) + budget)
-            try:
-                values, name = _run(h)
-            except RuntimeError as err:
-                values = None
-                log.warning("warm re-solve failed (%s): solving afresh", err)
-                self.warm_failures += 1
-            if values is not None and h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+            h.run()
+            if h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
                 self.warm_solves += 1
-                return values, name
+                sol = h.getSolution()
+                return np.asarray(sol.col_value, dtype=np.float64), h.modelStatusToString(
+                    h.getModelStatus()
+                )
+            self.warm_failures += 1
+            log.info(
+                "warm re-solve ended %r after %d iterations: solving afresh",
+                h.modelStatusToString(h.getModelStatus()),
+                h.getInfo().simplex_iteration_count,
+            )
         h = _new_highs()
         _configure(h, False, req)
         _pass(h, model, triplets, (cost, lower, upper, row_lower, row_upper), None)
@@ -1451,8 +1448,6 @@ def optimize(
             cv, dv = values[model.c], values[model.d]
             if not (np.minimum(cv, dv) > SIMULTANEITY_TOL_KW).any():
                 share = float(min(max(values[beta], 0.0), 1.0))
-                global LAST_BETA2
-                LAST_BETA2 = float(min(max(values[LAST_BETA2_COL], 0.0), 1.0))
                 return _result(
                     inputs,
                     battery,
@@ -1948,8 +1943,3 @@ def optimizer_config_for(config: SiteConfig) -> OptimizerConfig:
     """
     found = getattr(config, "optimizer", None)
     return found if isinstance(found, OptimizerConfig) else OptimizerConfig()
-
-import os as _os
-SPLIT_KW = float(_os.environ.get('SPLIT_KW', '1.0'))
-LAST_BETA2 = 0.0
-LAST_BETA2_COL = 0
