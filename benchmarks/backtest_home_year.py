@@ -64,8 +64,11 @@ def forecast_errors(config: SiteConfig, inputs: pd.DataFrame) -> dict[str, objec
                 "profile_weekday_4w": fc.SeasonalProfileForecaster(4, "weekday", tz),
                 "profile_day_type_4w": fc.SeasonalProfileForecaster(4, "day_type", tz),
                 "profile_day_2w": fc.SeasonalProfileForecaster(2, "day", tz),
-                "profile_day_2w_anchored_3h (default)": fc.SeasonalProfileForecaster(
+                "profile_day_2w_anchored_3h": fc.SeasonalProfileForecaster(
                     2, "day", tz, anchor_tau_s=3 * 3600.0
+                ),
+                "profile_day_2w_anchored_30min (default)": fc.SeasonalProfileForecaster(
+                    2, "day", tz, anchor_tau_s=1800.0
                 ),
                 "holt_winters": fc.HoltWintersForecaster(),
                 "gradient_boosting": fc.GradientBoostingForecaster(tz=tz),
@@ -77,8 +80,9 @@ def forecast_errors(config: SiteConfig, inputs: pd.DataFrame) -> dict[str, objec
             16,
             {
                 "clear_sky_persisted_k_tau2h": fc.ClearSkyPvForecaster(clear),
-                "clear_sky_persisted_k_tau4h (default)": fc.ClearSkyPvForecaster(
-                    clear, tau_s=4 * 3600.0
+                "clear_sky_persisted_k_tau4h": fc.ClearSkyPvForecaster(clear, tau_s=4 * 3600.0),
+                "clear_sky_persisted_k_15min_tau4h (default)": fc.ClearSkyPvForecaster(
+                    clear, recent_s=900.0, tau_s=4 * 3600.0
                 ),
                 "gradient_boosting_clear_sky": fc.GradientBoostingForecaster(
                     tz=tz, weather=lambda t, st: clear(t, st)[:, None], nonnegative=True

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from openbess.ems.optimizer import OptimizerConfig
+from openbess.ems.realtime import RealtimeConfig
 from openbess.errors import ConfigError
 
 BUILTIN_SITES = ("home", "commercial")
@@ -148,6 +149,7 @@ class EmsConfig(_Model):
     reserve_soc: float = Field(0.2, ge=0, le=1)
     dispatch_s: float = Field(1.0, gt=0, le=3600)
     replan_s: float = Field(900.0, gt=0, le=86400)
+    realtime: RealtimeConfig = RealtimeConfig()
 
 
 class SimulationConfig(_Model):

@@ -187,7 +187,7 @@ def build_strategy(config: SiteConfig, twin: SiteTwin | None = None) -> Strategy
     ConfigError
         ``mpc`` without a forecast source.
     """
-    b, e = config.battery, config.ems
+    e = config.ems
     validity_s = max(5.0 * e.dispatch_s, 3.0 * config.simulation.step_s)
     if e.strategy == "mpc":
         from openbess.ems.mpc import MpcStrategy, twin_perfect_forecast
@@ -201,14 +201,7 @@ def build_strategy(config: SiteConfig, twin: SiteTwin | None = None) -> Strategy
             optimizer_config_for(config),
             validity_s=validity_s,
         )
-    return SelfConsumption(
-        reserve_soc=e.reserve_soc,
-        soc_min=b.soc_min,
-        soc_max=b.soc_max,
-        max_charge_power_w=b.max_charge_power_w,
-        max_discharge_power_w=b.max_discharge_power_w,
-        validity_s=validity_s,
-    )
+    return SelfConsumption.for_site(config, validity_s)
 
 
 @dataclass

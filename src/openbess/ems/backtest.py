@@ -355,7 +355,7 @@ class BacktestOptions:
     perfect_foresight: bool = True
     perfect_time_limit_s: float = 900.0
     progress: bool = False
-    scenario_days: int = 3
+    scenario_days: int = 7
 
     def __post_init__(self) -> None:
         """Check values; raise ValueError naming the field."""

@@ -26,6 +26,9 @@ forecaster beyond them.
 
 Errors: :func:`mean_absolute_error`, :func:`skill_score` (``1 - MAE / MAE_naive``) and
 :func:`evaluate_forecaster`, which replays a forecaster over a history at rolling origins.
+The provider also keeps its own recent forecasts, and
+:meth:`HistoryForecastProvider.residual_scenarios` turns what they got wrong on the last days
+into scenarios the planner hedges against.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@
   the set of events triggers a re-plan; the plan caps the import and export and holds the
   battery power during each window (relaxed by priced slack if it cannot, reported in
   ``plan.relaxed``), and the real-time layer enforces the active ones at the meter.
+- **Scenarios** (``scenario_days``, with a provider that keeps its past forecasts): each plan
+  hedges against the errors the forecasts made at the same time on the last days, and the
+  first step follows the plan's ``deviation_share`` of the net load's surprise.
 
 A forecast provider is any callable ``(start_s, n_steps, step_s) -> frame`` returning, for the
 ``n_steps`` intervals ``[start_s + k * step_s, start_s + (k + 1) * step_s)``, the averages of
