@@ -456,3 +456,15 @@ def test_backtest_series_from_the_cli_renders_a_report(tmp_path: Path):
     assert res.exit_code == 0, res.output
     html = out.read_text()
     assert "data:image/png;base64," in html
+
+
+def test_backtest_scenario_days_option_is_validated():
+    from click.testing import CliRunner
+
+    from openbess.cli import main
+
+    res = CliRunner().invoke(
+        main, ["backtest", "--site", "home", "--days", "1", "--scenario-days", "40"]
+    )
+    assert res.exit_code == 2
+    assert "--scenario-days" in res.output

@@ -124,6 +124,14 @@ def _json_safe(value: Any) -> Any:
     help="Also write the inputs used (CSV, same format as --inputs).",
 )
 @click.option(
+    "--scenario-days",
+    type=click.IntRange(0, 28),
+    default=7,
+    show_default=True,
+    help="Hedge each plan over the forecast errors of the last N days (0: plan on the point "
+    "forecast only).",
+)
+@click.option(
     "--series",
     "series_path",
     type=click.Path(dir_okay=False),
@@ -150,6 +158,7 @@ def backtest(
     plot_path: str | None,
     write_inputs: str | None,
     series_path: str | None,
+    scenario_days: int,
     no_perfect: bool,
     no_progress: bool,
 ) -> None:
@@ -207,6 +216,7 @@ def backtest(
             history_s=round(history * DAY_S),
             perfect_foresight=not no_perfect,
             progress=not no_progress,
+            scenario_days=scenario_days,
         )
         result = run_backtest(config, frame, options)
         if plot_path is not None:
