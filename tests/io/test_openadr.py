@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,18 +26,13 @@ from openbess.io.openadr import (
 )
 
 from .conftest import start_site
+from .mosquitto import free_port
 
 # The VTN side (openleadr's server, test-only) builds an aiohttp app with plain string keys.
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 RATINGS = Ratings(max_import_w=9000.0, max_discharge_w=5000.0)
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(cond: Callable[[], Any], timeout_s: float = 15.0) -> Any:

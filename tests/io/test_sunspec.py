@@ -45,14 +45,9 @@ from openbess.io.sunspec_models import (
 )
 
 from .conftest import Running, start_site
+from .mosquitto import free_port
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class History:

@@ -467,8 +467,8 @@ class Hub:
             return GateDecision(
                 Outcome.REFUSED, Reason.INVALID, command.seq, 0.0, 0.0, command.source
             )
-        if wait_s > 0 and pending.done.wait(wait_s):
-            return pending.decision
+        if wait_s > 0:
+            pending.done.wait(wait_s)
         return pending.decision
 
     def request_reset(self, code: str, source: str, wait_s: float = 0.0) -> tuple[bool, str]:
