@@ -4,8 +4,9 @@ The inputs are the twin's own series (:func:`openbess.ems.backtest.site_inputs`)
 household load and PV (north-east France, 2024-02-29 .. 2025-02-27) and the DE-LU day-ahead
 prices (2022-07 .. 2023-06, mapped onto the household year by whole weeks), at 15 min, with
 the import adder and VAT of the site file. Four weeks before the year serve as forecast
-history only. Every 15 min the planner gets forecasts made from the past (load: two-week daily
-profile anchored to the last half hour; PV: clear-sky times a persisted clearness index;
+history only. Every 15 min the planner gets forecasts made from the past (load: analog
+ensemble, the continuations of the 10 past days that looked most like the last hour, blended
+into a two-week daily profile; PV: clear-sky times a persisted clearness index;
 prices: the published day-ahead prices, Holt-Winters beyond them) over a 36 h horizon (4 h at
 15 min, then hourly), hedged against the errors its forecasts made at the same time on each
 of the last ``--scenario-days`` days (a two-stage program: the first step is shared, with the
@@ -17,7 +18,9 @@ perfect-foresight reference (single-shot optimum of the whole year) and ``captur
 Targets (issue 4): under 5 minutes, ``capture_ratio`` above 0.9.
 
 Usage: ``python benchmarks/backtest_home_year.py [--days N] [--execution follow|dispatch]
-[--scenario-days N] [--progress]`` (``--days 28`` for a quick check; the time is then also
+[--scenario-days N] [--step-min 15|30] [--load analog|profile] [--progress]``
+(``--step-min 30``: the household data's own half-hourly resolution, see
+``docs/forecasting.md``; ``--days 28`` for a quick check, the time is then also
 extrapolated to a year; ``--scenario-days 0`` for deterministic plans).
 
 ``--forecast-errors`` instead scores the candidate forecasters on the same year (rolling
@@ -41,7 +44,13 @@ import pandas as pd
 from openbess.config import SiteConfig, load_site
 from openbess.data.timeseries import DAY_S, WEEK_S, to_unix_s
 from openbess.ems import forecast as fc
-from openbess.ems.backtest import BacktestOptions, pv_plant_for, run_backtest, site_inputs
+from openbess.ems.backtest import (
+    BacktestOptions,
+    default_provider,
+    pv_plant_for,
+    run_backtest,
+    site_inputs,
+)
 
 YEAR_START = "2024-02-29T00:00:00+01:00"
 HISTORY_DAYS = 28.0
@@ -67,8 +76,11 @@ def forecast_errors(config: SiteConfig, inputs: pd.DataFrame) -> dict[str, objec
                 "profile_day_2w_anchored_3h": fc.SeasonalProfileForecaster(
                     2, "day", tz, anchor_tau_s=3 * 3600.0
                 ),
-                "profile_day_2w_anchored_30min (default)": fc.SeasonalProfileForecaster(
+                "profile_day_2w_anchored_30min": fc.SeasonalProfileForecaster(
                     2, "day", tz, anchor_tau_s=1800.0
+                ),
+                "analog_56d_10_blend_2h (default)": fc.AnalogForecaster(
+                    tz=tz, base=fc.SeasonalProfileForecaster(2, "day", tz)
                 ),
                 "holt_winters": fc.HoltWintersForecaster(),
                 "gradient_boosting": fc.GradientBoostingForecaster(tz=tz),
@@ -142,6 +154,19 @@ def main() -> None:
         default=BacktestOptions.scenario_days,
         help="days of past forecast errors the plans hedge against (0: deterministic)",
     )
+    parser.add_argument(
+        "--step-min",
+        type=int,
+        choices=[15, 30],
+        default=15,
+        help="input step and re-plan interval [min] (30: the household data's own resolution)",
+    )
+    parser.add_argument(
+        "--load",
+        choices=["analog", "profile"],
+        default="analog",
+        help="load forecast: the default analog ensemble, or the 2-week profile anchored 30 min",
+    )
     parser.add_argument("--progress", action="store_true", help="progress bar on stderr")
     parser.add_argument(
         "--forecast-errors", action="store_true", help="score the candidate forecasters instead"
@@ -151,7 +176,8 @@ def main() -> None:
     config = load_site("home")
     start = pd.Timestamp(YEAR_START) - pd.Timedelta(days=HISTORY_DAYS)
     t0 = time.perf_counter()
-    inputs = site_inputs(config, start, HISTORY_DAYS + args.days, step_s=900.0)
+    step_s = 60.0 * args.step_min
+    inputs = site_inputs(config, start, HISTORY_DAYS + args.days, step_s=step_s)
     build_s = time.perf_counter() - t0
     if args.forecast_errors:
         json.dump(
@@ -164,6 +190,11 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     cpu0 = time.process_time()
     t1 = time.perf_counter()
+    provider = default_provider(config, inputs)
+    if args.load == "profile":
+        provider.load = fc.SeasonalProfileForecaster(
+            2, "day", config.timezone, anchor_tau_s=1800.0, nonnegative=True
+        )
     result = run_backtest(
         config,
         inputs,
@@ -173,7 +204,9 @@ def main() -> None:
             history_s=HISTORY_DAYS * DAY_S,
             progress=args.progress,
             scenario_days=args.scenario_days,
+            replan_s=step_s,
         ),
+        provider=provider,
     )
     total_wall = time.perf_counter() - t1
     total_cpu = time.process_time() - cpu0
@@ -188,6 +221,8 @@ def main() -> None:
         "load_average_at_start": round(load_before, 2),
         "days": args.days,
         "execution": args.execution,
+        "step_min": args.step_min,
+        "load_forecast": args.load,
         "scenario_days": s["scenario_days"],
         "replans": s["solves"],
         "warm_solves": s.get("warm_solves"),

@@ -126,7 +126,7 @@ def _json_safe(value: Any) -> Any:
 @click.option(
     "--scenario-days",
     type=click.IntRange(0, 28),
-    default=7,
+    default=21,
     show_default=True,
     help="Hedge each plan over the forecast errors of the last N days (0: plan on the point "
     "forecast only).",

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from openbess.data.timeseries import DAY_S, WEEK_S, to_unix_s
 from openbess.ems.forecast import (
     FORECAST_COLUMNS,
+    AnalogForecaster,
     ClearSkyPv,
     ClearSkyPvForecaster,
     ForecastError,
@@ -137,6 +138,48 @@ def test_anchoring_follows_a_level_shift():
     assert np.all(np.diff(gap) < 0)  # decays with the lead time
 
 
+def test_analog_carries_a_started_load_as_long_as_it_ran_on_similar_days():
+    """A 3 kW load that starts at 21:00 on some days and runs 2 h: once started, the analogs
+    (the days it started the same way) carry it for 2 h; an anchor alone lets it decay."""
+    day = 96
+    rng = np.random.default_rng(5)
+    n_days = 29
+    y = np.full(n_days * day, 400.0) + rng.normal(0.0, 20.0, n_days * day)
+    on_days = [d for d in range(n_days - 1) if d % 3 == 0]
+    for d in on_days:
+        y[d * day + 84 : d * day + 92] += 3000.0  # 21:00-23:00 UTC
+    # today it started: the last hour (20:15-21:15) is what the on-days looked like
+    history = y[: (n_days - 1) * day + 85]
+    history[-1] = 3400.0
+    analog = AnalogForecaster(days=28, k=5, blend_tau_s=6 * 3600.0, anchor_tau_s=None)
+    out = analog.forecast(history, START_S, STEP_S, 12)
+    assert np.all(out[:7] > 2800.0)  # 21:15 .. 23:00: still running
+    assert np.all(out[8:] < 1000.0)  # and then off, as on those days
+    anchored = SeasonalProfileForecaster(weeks=2, by="day", anchor_tau_s=1800.0, anchor_s=900.0)
+    plain = anchored.forecast(history, START_S, STEP_S, 12)
+    assert np.mean(np.abs(out[:7] - 3400.0)) < 0.3 * np.mean(np.abs(plain[:7] - 3400.0))
+    # the same history without the start: the analogs are the off-days
+    quiet = history.copy()
+    quiet[-1] = 400.0
+    assert np.all(analog.forecast(quiet, START_S, STEP_S, 8) < 1500.0)
+
+
+def test_analog_falls_back_to_its_base_for_long_leads_and_short_history():
+    y = periodic(21 * 96, 96)
+    base = SeasonalProfileForecaster(weeks=2, by="day")
+    analog = AnalogForecaster(days=14, k=3, blend_tau_s=1800.0, base=base)
+    out = analog.forecast(y, START_S, STEP_S, 120)
+    ref = base.forecast(y, START_S, STEP_S, 120)
+    np.testing.assert_allclose(out[-24:], ref[-24:], atol=1e-3 * np.abs(ref).max())
+    # on an exactly periodic series the analogs agree with the profile at every lead
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    np.testing.assert_array_equal(
+        analog.forecast(y[:50], START_S, STEP_S, 10), base.forecast(y[:50], START_S, STEP_S, 10)
+    )
+    with pytest.raises(ValueError, match="k must be"):
+        AnalogForecaster(k=0)
+
+
 def test_holt_winters_is_exact_on_a_periodic_series_and_restarts_on_other_history():
     day = 96
     y = periodic(20 * day, day)
@@ -232,6 +275,7 @@ def provider(actuals: pd.DataFrame, load: str = "profile") -> HistoryForecastPro
         "holt_winters": HoltWintersForecaster(),
         "gradient_boosting": GradientBoostingForecaster(max_iter=10, train_weeks=2),
         "naive": SeasonalNaiveForecaster(WEEK_S),
+        "analog": AnalogForecaster(days=14, k=3),
     }
     return HistoryForecastProvider(
         actuals,
@@ -241,7 +285,9 @@ def provider(actuals: pd.DataFrame, load: str = "profile") -> HistoryForecastPro
     )
 
 
-@pytest.mark.parametrize("load", ["profile", "holt_winters", "gradient_boosting", "naive"])
+@pytest.mark.parametrize(
+    "load", ["profile", "holt_winters", "gradient_boosting", "naive", "analog"]
+)
 def test_no_peeking_poisoning_the_future_changes_nothing(load: str):
     actual = frame(23)
     now_s = START_S + 21 * DAY_S + 14.25 * 3600.0  # 15:15 CET: tomorrow's prices known
@@ -333,6 +379,7 @@ def test_every_forecaster_copes_with_little_history(n_history: int):
         SeasonalProfileForecaster(weeks=2, by="day", anchor_tau_s=3600.0, nonnegative=True),
         HoltWintersForecaster(nonnegative=True),
         GradientBoostingForecaster(max_iter=5, nonnegative=True),
+        AnalogForecaster(days=7, k=3, nonnegative=True),
         ClearSkyPvForecaster(sine_clear_sky),
     ):
         out = f.forecast(y, START_S, STEP_S, 10)

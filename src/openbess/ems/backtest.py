@@ -30,6 +30,7 @@ from openbess.data import read_household_pv_fit, read_timeseries_csv
 from openbess.data.timeseries import DAY_S, WEEK_S, to_unix_s
 from openbess.ems.forecast import (
     FORECAST_COLUMNS,
+    AnalogForecaster,
     ClearSkyPv,
     ClearSkyPvForecaster,
     Forecaster,
@@ -355,7 +356,7 @@ class BacktestOptions:
     perfect_foresight: bool = True
     perfect_time_limit_s: float = 900.0
     progress: bool = False
-    scenario_days: int = 7
+    scenario_days: int = 21
 
     def __post_init__(self) -> None:
         """Check values; raise ValueError naming the field."""
@@ -441,9 +442,11 @@ class OptimizerPlanner:
 def default_provider(config: SiteConfig, actuals: pd.DataFrame) -> HistoryForecastProvider:
     """The model forecasts of a backtest (chosen on the bundled ``home`` year, see docs).
 
-    - load: mean of every day over the last two weeks at the same local time, anchored to the
-      last hour's measurement with a 30 min time constant (a longer anchor, 3 h, scores
-      about the same but makes clearly worse plans, see ``docs/forecasting.md``);
+    - load: analog ensemble (:class:`AnalogForecaster`): the 10 days of the last 8 weeks
+      whose last hour at this local time looked most like today's, their continuations
+      shifted to the last measurement (30 min time constant), blended with a 2 h time
+      constant into the mean of every day over the last two weeks at the same local time
+      (see ``docs/forecasting.md``);
     - PV: clear-sky PV of the site's plant times a persisted clearness index (the last
       15 min's, decaying with a 4 h time constant to a blend of yesterday's and the last
       week's);
@@ -462,8 +465,16 @@ def default_provider(config: SiteConfig, actuals: pd.DataFrame) -> HistoryForeca
     HistoryForecastProvider
         The provider.
     """
-    load = SeasonalProfileForecaster(
-        weeks=2, by="day", tz=config.timezone, anchor_tau_s=0.5 * 3600.0, nonnegative=True
+    tz = config.timezone
+    load = AnalogForecaster(
+        days=56,
+        k=10,
+        match_s=3600.0,
+        blend_tau_s=2.0 * 3600.0,
+        anchor_tau_s=0.5 * 3600.0,
+        base=SeasonalProfileForecaster(weeks=2, by="day", tz=tz),
+        tz=tz,
+        nonnegative=True,
     )
     pv: Forecaster
     if config.pv.enabled and config.pv.peak_power_w > 0:

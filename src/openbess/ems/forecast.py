@@ -631,6 +631,109 @@ class SeasonalProfileForecaster(Forecaster):
 
 
 @dataclass
+class AnalogForecaster(Forecaster):
+    """What followed on the past days that looked most like the last hour (analog ensemble).
+
+    At each forecast the last ``match_s`` of history is compared with the same local time of
+    day on each of the last ``days`` days; the ``k`` closest days (mean squared difference)
+    are the analogs. Their continuations, shifted by the gap between the last measured
+    interval and theirs (decaying with ``anchor_tau_s``), are averaged, and the average is
+    blended into the ``base`` profile with a weight ``exp(-lead / blend_tau_s)``. A load that
+    has just started (a water heater, a heat pump's defrost) is thus carried for as long as it
+    ran on the days it started the same way, instead of a fixed time constant.
+
+    Parameters
+    ----------
+    days : int
+        Past days searched, >= 1.
+    k : int
+        Analogs averaged, >= 1.
+    match_s : float
+        Length of history compared [s].
+    blend_tau_s : float
+        Time constant of the weight of the analogs against the base profile [s].
+    anchor_tau_s : float or None
+        Time constant of the level shift to the last measured interval [s]; None for none.
+    base : SeasonalProfileForecaster
+        Forecast for long leads (and where no analog has a continuation).
+    tz : str
+        Time zone of the wall clock (days are matched at the same local time).
+    nonnegative : bool
+        Clip at 0.
+    """
+
+    days: int = 56
+    k: int = 10
+    match_s: float = 3600.0
+    blend_tau_s: float = 2.0 * 3600.0
+    anchor_tau_s: float | None = 1800.0
+    base: SeasonalProfileForecaster = field(
+        default_factory=lambda: SeasonalProfileForecaster(weeks=2, by="day")
+    )
+    tz: str = "UTC"
+    nonnegative: bool = False
+    name: str = "analog"
+    _calendar: LocalCalendar = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Check the arguments."""
+        if self.days < 1 or self.k < 1:
+            raise ValueError(f"days and k must be >= 1, got {self.days}, {self.k}")
+        if not (self.match_s > 0 and self.blend_tau_s > 0):
+            raise ValueError("match_s and blend_tau_s must be > 0")
+        self._calendar = LocalCalendar(self.tz)
+
+    def _forecast(
+        self, history: FloatArray, start_s: float, step_s: float, n_ahead: int
+    ) -> FloatArray:
+        n = history.size
+        base = self.base.forecast(history, start_s, step_s, n_ahead)
+        m = max(1, round(self.match_s / step_s))
+        per_day = max(1, round(DAY_S / step_s))
+        if n < per_day + m:
+            return base
+        now_s = start_s + n * step_s
+        lags = np.arange(1, self.days + 1, dtype=np.float64)
+        then_s = now_s - lags * DAY_S
+        off = self._calendar.offset_s(np.concatenate([[now_s], then_s]))
+        # end (exclusive) of the same local time on each past day
+        ends = (
+            n
+            - lags.astype(np.int64) * per_day
+            + np.round((off[0] - off[1:]) / step_s).astype(np.int64)
+        )
+        ends = ends[(ends - m >= 0) & (ends < n)]
+        if ends.size == 0:
+            return base
+        recent = history[n - m :]
+        windows = history[ends[:, None] - m + np.arange(m)[None, :]]
+        sq = (windows - recent[None, :]) ** 2
+        both = np.isfinite(sq)
+        pairs = both.sum(axis=1)
+        dist = np.where(both, sq, 0.0).sum(axis=1) / np.maximum(pairs, 1)
+        ok = (pairs > 0) & np.isfinite(windows[:, -1])
+        if not ok.any() or not math.isfinite(float(recent[-1])):
+            return base
+        ends, dist, last = ends[ok], dist[ok], windows[ok, -1]
+        pick = np.argsort(dist, kind="stable")[: self.k]
+        ends, last = ends[pick], last[pick]
+        idx = ends[:, None] + np.arange(n_ahead)[None, :]
+        cont = np.full(idx.shape, np.nan)
+        seen = idx < n
+        cont[seen] = history[idx[seen]]
+        lead_s = (np.arange(n_ahead) + 0.5) * step_s
+        if self.anchor_tau_s is not None:
+            shift = (float(recent[-1]) - last)[:, None] * np.exp(-lead_s / self.anchor_tau_s)
+            cont = cont + shift
+        with np.errstate(invalid="ignore"):
+            count = np.isfinite(cont).sum(axis=0)
+            analog = np.where(count > 0, np.nansum(cont, axis=0) / np.maximum(count, 1), base)
+        w = np.exp(-lead_s / self.blend_tau_s) * (count > 0)
+        out: FloatArray = w * analog + (1.0 - w) * base
+        return out
+
+
+@dataclass
 class HoltWintersForecaster(Forecaster):
     """Additive Holt-Winters (damped trend, one season) updated incrementally.
 
