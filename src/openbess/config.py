@@ -143,13 +143,25 @@ class BmsConfig(_Model):
 
 
 class EmsConfig(_Model):
-    """EMS settings."""
+    """EMS settings. With ``strategy = "mpc"``, ``forecast = "model"`` (the default) plans on
+    forecasts learnt from the site's own meter readings, starting from ``history_csv`` or, on
+    the twin, its own last ``history_days``; ``"perfect"`` reads the twin's series ahead."""
 
     strategy: Literal["self_consumption", "mpc"] = "self_consumption"
     reserve_soc: float = Field(0.2, ge=0, le=1)
     dispatch_s: float = Field(1.0, gt=0, le=3600)
     replan_s: float = Field(900.0, gt=0, le=86400)
     realtime: RealtimeConfig = RealtimeConfig()
+    #: ``mpc`` forecasts: ``model`` learns from the site's own meter readings (twin or
+    #: hardware); ``perfect`` reads the twin's own series ahead (simulation only).
+    forecast: Literal["model", "perfect"] = "model"
+    #: Days of past forecast errors each ``mpc`` plan hedges over (0: none).
+    scenario_days: int = Field(7, ge=0, le=28)
+    #: Meter history to forecast from at start: a CSV in the format of ``openbess backtest
+    #: --inputs`` (15-min rows ending at or before the start); on the twin without one, the
+    #: twin's own series of the last ``history_days`` days.
+    history_csv: str | None = None
+    history_days: float = Field(28.0, ge=0, le=366)
 
 
 class SimulationConfig(_Model):

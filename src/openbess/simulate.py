@@ -30,7 +30,7 @@ from openbess.config import SiteConfig
 from openbess.contract import Command, GateDecision, Outcome, Telemetry
 from openbess.controller import Controller
 from openbess.ems.strategy import SelfConsumption, Strategy
-from openbess.errors import ConfigError
+from openbess.errors import ConfigError, DataError
 from openbess.gate import Gate
 from openbess.io.hub import Hub
 from openbess.io.runtime import Interface, serve_requests, snapshot_of
@@ -166,7 +166,9 @@ def build_bms(config: SiteConfig, twin: SiteTwin) -> BatteryManagementSystem:
     return BatteryManagementSystem(setup)
 
 
-def build_strategy(config: SiteConfig, twin: SiteTwin | None = None) -> Strategy:
+def build_strategy(
+    config: SiteConfig, twin: SiteTwin | None = None, start_s: float | None = None
+) -> Strategy:
     """The EMS strategy named in the site file (``[ems] strategy``).
 
     Parameters
@@ -174,8 +176,12 @@ def build_strategy(config: SiteConfig, twin: SiteTwin | None = None) -> Strategy
     config : SiteConfig
         Site configuration.
     twin : SiteTwin or None
-        The plant when simulating: the ``mpc`` strategy then forecasts with the twin's own
-        load, PV and price series (perfect foresight).
+        The plant when simulating. With ``[ems] forecast = "model"`` the ``mpc`` strategy
+        forecasts from the meter readings it sees (and the twin's own last
+        ``history_days`` as history, unless ``history_csv`` is set); with ``"perfect"`` it
+        reads the twin's own load, PV and price series ahead.
+    start_s : float or None
+        Start of the run [s, Unix UTC] (default: ``[simulation] start``).
 
     Returns
     -------
@@ -185,7 +191,8 @@ def build_strategy(config: SiteConfig, twin: SiteTwin | None = None) -> Strategy
     Raises
     ------
     ConfigError
-        ``mpc`` without a forecast source.
+        ``forecast = "perfect"`` without a twin, or a history CSV that cannot be used (the
+        message names the file and what is wrong).
     """
     e = config.ems
     validity_s = max(5.0 * e.dispatch_s, 3.0 * config.simulation.step_s)
@@ -193,15 +200,72 @@ def build_strategy(config: SiteConfig, twin: SiteTwin | None = None) -> Strategy
         from openbess.ems.mpc import MpcStrategy, twin_perfect_forecast
         from openbess.ems.optimizer import optimizer_config_for
 
-        if twin is None:
-            raise ConfigError("ems.strategy = 'mpc' needs a forecast source (the twin)")
+        if start_s is None:
+            start_s = config.simulation.start.timestamp()
+        forecast: Any
+        if e.forecast == "perfect":
+            if twin is None:
+                raise ConfigError("ems.forecast = 'perfect' needs the twin (simulation only)")
+            forecast = twin_perfect_forecast(twin)
+        else:
+            forecast = measured_forecast(config, start_s, twin is not None)
         return MpcStrategy(
             config,
-            twin_perfect_forecast(twin),
+            forecast,
             optimizer_config_for(config),
             validity_s=validity_s,
+            scenario_days=e.scenario_days if e.forecast == "model" else 0,
         )
     return SelfConsumption.for_site(config, validity_s)
+
+
+def measured_forecast(config: SiteConfig, start_s: float, on_twin: bool) -> Any:
+    """The ``mpc`` model forecasts of a site (:class:`openbess.ems.live.MeasuredForecastProvider`).
+
+    Parameters
+    ----------
+    config : SiteConfig
+        Site configuration (``[ems] history_csv``, ``history_days``, ``scenario_days``).
+    start_s : float
+        Start of the run [s, Unix UTC].
+    on_twin : bool
+        Running on the twin: without ``history_csv``, the twin's own series of the last
+        ``history_days`` serve as the meter history.
+
+    Returns
+    -------
+    MeasuredForecastProvider
+        The provider.
+
+    Raises
+    ------
+    ConfigError
+        If the history CSV cannot be read or does not fit (names the file and the problem).
+    """
+    import pandas as pd
+
+    from openbess.ems.backtest import read_inputs_csv, site_inputs
+    from openbess.ems.live import MeasuredForecastProvider
+
+    e = config.ems
+    step_s = 900.0
+    history = None
+    if e.history_csv is not None:
+        try:
+            history = read_inputs_csv(e.history_csv)
+        except (OSError, ValueError, DataError) as err:
+            raise ConfigError(f"ems.history_csv: {err}") from err
+    elif on_twin and e.history_days > 0:
+        first = math.floor(start_s / step_s) * step_s - round(e.history_days * 96) * step_s
+        history = site_inputs(
+            config, pd.Timestamp(first, unit="s", tz="UTC"), round(e.history_days * 96) / 96
+        )
+    try:
+        return MeasuredForecastProvider(
+            config, start_s, history=history, step_s=step_s, scenario_days=e.scenario_days
+        )
+    except ValueError as err:
+        raise ConfigError(f"ems.history_csv {e.history_csv!r}: {err}") from err
 
 
 @dataclass
@@ -253,7 +317,7 @@ def build_site(
     """
     twin = SiteTwin(config, start_s, series_step_s=min(60.0, step_s))
     bms = build_bms(config, twin)
-    strategy = build_strategy(config, twin)
+    strategy = build_strategy(config, twin, start_s)
     timeout = max(config.bms.gate_timeout_s, 2.0 * step_s)
     gate = Gate(timeout_s=timeout)
     store: RunStore | None = None

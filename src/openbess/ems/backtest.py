@@ -192,14 +192,7 @@ def site_inputs(
         else:
             model = PvModel(plant, source="clearsky_index", cache_step_s=300.0)
         pv_w = interval_mean(model.power_w)
-    g = config.grid
-    tariff = Tariff.from_zone(
-        g.price_zone,
-        import_adder_eur_per_kwh=g.import_adder_eur_per_kwh,
-        vat_fraction=g.import_vat,
-        export_mode="spot" if g.export_tariff_eur_per_kwh is None else "fixed",
-        feed_in_tariff_eur_per_kwh=g.export_tariff_eur_per_kwh or 0.0,
-    )
+    tariff = Tariff.for_grid(config.grid)
     imp, exp = tariff.prices(times)
     index = pd.DatetimeIndex(
         pd.to_datetime(np.round(times * 1e9).astype(np.int64), unit="ns", utc=True), name="time"

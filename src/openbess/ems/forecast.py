@@ -1399,6 +1399,50 @@ class HistoryForecastProvider:
                 )
         return out
 
+    def extend(self, values: FloatArray) -> None:
+        """Append intervals after the last one held (a live series growing with time).
+
+        Parameters
+        ----------
+        values : numpy.ndarray
+            Shape ``(4, m)``: load [W] and PV [W] (NaN until measured), import and export
+            price [EUR/kWh], in the order of :data:`FORECAST_COLUMNS`.
+
+        Raises
+        ------
+        ValueError
+            If the shape is wrong.
+        """
+        v = np.asarray(values, dtype=np.float64)
+        if v.ndim != 2 or v.shape[0] != len(FORECAST_COLUMNS):
+            raise ValueError(f"extend needs shape (4, m), got {v.shape}")
+        self._values = np.concatenate([self._values, v], axis=1)
+
+    def series(self, n: int | None = None) -> FloatArray:
+        """A copy of the first ``n`` intervals held (all by default), shape ``(4, n)``."""
+        out: FloatArray = self._values[:, : self.n if n is None else n].copy()
+        return out
+
+    def record(self, index: int, load_w: float, pv_w: float) -> None:
+        """Store the measured load and PV of interval ``index`` (0 = the first held).
+
+        Parameters
+        ----------
+        index : int
+            Interval index, ``0 <= index < n``.
+        load_w, pv_w : float
+            Interval averages [W].
+
+        Raises
+        ------
+        IndexError
+            If the interval is not held.
+        """
+        if not 0 <= index < self.n:
+            raise IndexError(f"interval {index} is outside the {self.n} held")
+        self._values[0, index] = load_w
+        self._values[1, index] = pv_w
+
     def _remember(self, k: int, load_pv: FloatArray) -> None:
         """Keep the load and PV forecast made at interval ``k`` (for residual scenarios)."""
         if self.keep_days <= 0:

@@ -521,6 +521,9 @@ class MpcStrategy:
         Command
             A ``power`` command valid for ``validity_s``.
         """
+        observe = getattr(self.forecast, "observe", None)
+        if observe is not None:  # a provider that learns from the meter readings
+            observe(now_s, site.load_power_w, site.pv_power_w)
         events = read_events(self.events, now_s)
         if self._needs_plan(now_s, telemetry, events):
             with contextlib.suppress(ValueError):  # logged; use the old plan or balance

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,9 @@ import pandas as pd
 
 from openbess.data import read_prices
 from openbess.data.timeseries import TimesLike, sample, to_unix_s
+
+if TYPE_CHECKING:
+    from openbess.config import GridConfig
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -231,6 +234,28 @@ class Tariff:
         self.export_mode: Literal["spot", "fixed"] = export_mode
         self.feed_in_tariff_eur_per_kwh = float(feed_in_tariff_eur_per_kwh)
         self.wrap = wrap
+
+    @classmethod
+    def for_grid(cls, grid: GridConfig) -> Tariff:
+        """The tariff of a site's ``[grid]`` section (bundled prices of its zone).
+
+        Parameters
+        ----------
+        grid : GridConfig
+            Price zone, import adder, VAT and export tariff (none: the spot price).
+
+        Returns
+        -------
+        Tariff
+            The tariff.
+        """
+        return cls.from_zone(
+            grid.price_zone,
+            import_adder_eur_per_kwh=grid.import_adder_eur_per_kwh,
+            vat_fraction=grid.import_vat,
+            export_mode="spot" if grid.export_tariff_eur_per_kwh is None else "fixed",
+            feed_in_tariff_eur_per_kwh=grid.export_tariff_eur_per_kwh or 0.0,
+        )
 
     @classmethod
     def from_zone(

@@ -254,13 +254,7 @@ class SiteTwin:
             )
         self.load = self._load_model()
         g = config.grid
-        self.tariff = Tariff.from_zone(
-            g.price_zone,
-            import_adder_eur_per_kwh=g.import_adder_eur_per_kwh,
-            vat_fraction=g.import_vat,
-            export_mode="spot" if g.export_tariff_eur_per_kwh is None else "fixed",
-            feed_in_tariff_eur_per_kwh=g.export_tariff_eur_per_kwh or 0.0,
-        )
+        self.tariff = Tariff.for_grid(config.grid)
         self.grid = GridConnection(g.max_import_w, g.max_export_w)
         self.series = _DailySeries(pv, self.load, self.tariff, series_step_s)
         self.time_s = float(start_s)
