@@ -134,3 +134,32 @@ def test_on_hardware_a_history_csv_is_the_meter_history(tmp_path: Path):
     p = measured_forecast(CONFIG.model_copy(update={"ems": ems}), START_S, on_twin=False)
     assert p.origin_s == pytest.approx(START_S - 7 * DAY_S)
     assert np.isfinite(p.measured()["load_w"].to_numpy()[: 7 * 96]).all()
+
+
+def test_the_errors_reported_are_those_of_the_forecasts_the_plans_were_given():
+    hist = site_inputs(CONFIG, START - pd.Timedelta(days=10), 10)
+    p = MeasuredForecastProvider(CONFIG, START_S, history=hist, scenario_days=3)
+    report = p.provider.used_forecast_errors(START_S)
+    # hourly origins over the 3 kept days, each scored on its leads measured by now (<= 1 day)
+    expected_pairs = sum(min(96, 4 * j) for j in range(1, 73))
+    assert report["load_w"].n == report["pv_w"].n == expected_pairs
+    # by hand: the same forecasts made again by a twin provider, scored where measured
+    k_now = p.provider.known_index(START_S)[0]
+    twin = MeasuredForecastProvider(CONFIG, START_S, history=hist, scenario_days=0)
+    actual = hist[["load_w", "pv_w"]].to_numpy().T
+    abs_err: list[float] = []
+    for k in range(k_now - 3 * 96, k_now, 4):
+        f = twin.provider.forecast_arrays(twin.origin_s + k * 900.0, 96)
+        m = min(96, k_now - k)
+        abs_err.extend(np.abs(actual[0, k : k + m] - f[0, :m]))
+    assert report["load_w"].mae == pytest.approx(float(np.mean(abs_err)), rel=1e-9)
+    for col in ("load_w", "pv_w"):
+        e = report[col]
+        assert 0.0 < e.mae < 5000.0
+        assert e.skill == pytest.approx(1.0 - e.mae / e.mae_naive)
+    shown = p.errors(START_S)
+    assert shown["load_w"]["n"] == expected_pairs
+    assert p.errors(START_S + 60.0) is shown  # cached within the hour
+    # nothing kept, nothing scored
+    empty = MeasuredForecastProvider(CONFIG, START_S, scenario_days=0)
+    assert empty.errors(START_S)["load_w"]["n"] == 0

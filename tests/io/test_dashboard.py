@@ -117,6 +117,11 @@ def test_pages_load_offline_and_live_values_move(home: Watched):
         "document.querySelectorAll('#plan-power path').length >= 3", timeout=WAIT_MS
     )
     assert page.is_hidden("#plan-missing")
+    # the controller's own report on its forecasts (model forecasts, scored on history)
+    page.wait_for_function(
+        "document.getElementById('forecast-skill').textContent.includes('skill')",
+        timeout=WAIT_MS,
+    )
     page.wait_for_function(
         "[...document.querySelectorAll('#hist-soc path')]"
         ".some(p => p.getAttribute('d').length > 20)",

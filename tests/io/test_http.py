@@ -466,6 +466,10 @@ def _plan() -> PlanView:
         pv_w=np.array([0.0, 1000.0]),
         import_price_eur_per_kwh=np.array([0.3, 0.25]),
         export_price_eur_per_kwh=np.array([0.08, 0.07]),
+        forecast_errors={
+            "load_w": {"mae": 300.0, "mae_naive": 400.0, "skill": 0.25, "n": 96},
+            "pv_w": {"mae": math.nan, "mae_naive": math.nan, "skill": math.nan, "n": 0},
+        },
     )
 
 
@@ -507,6 +511,13 @@ def test_health_before_the_first_cycle_then_plan_from_a_hub(tmp_path: Path):
             assert f["load_w"] == [300.0, 400.0]
             assert f["time_s"] == [1000.0, 1900.0]
             assert "battery_power_w" not in f
+            assert f["errors"]["load_w"] == {
+                "mae": 300.0,
+                "mae_naive": 400.0,
+                "skill": 0.25,
+                "n": 96,
+            }
+            assert f["errors"]["pv_w"]["skill"] is None  # nothing scored yet: null, not NaN
             assert "openbess_soc_ratio 0.5" in c.get("/metrics").text
     finally:
         server.stop()

@@ -1418,6 +1418,50 @@ class HistoryForecastProvider:
             raise ValueError(f"extend needs shape (4, m), got {v.shape}")
         self._values = np.concatenate([self._values, v], axis=1)
 
+    def used_forecast_errors(
+        self, now_s: float, *, days: float = 7.0, horizon_steps: int | None = None
+    ) -> dict[str, ForecastError]:
+        """Error of the load and PV forecasts this provider made over the last ``days``.
+
+        The forecasts it kept (for :meth:`residual_scenarios`) are scored, lead by lead, on
+        the intervals measured by ``now_s``, one origin per hour, against the seasonal-naive
+        baseline (one week earlier for load, one day for PV) at the same origins: what the
+        plans were actually given, not a replay.
+
+        Parameters
+        ----------
+        now_s : float
+            Time [s, Unix UTC]; only intervals measured by then are scored.
+        days : float
+            Window of origins [days].
+        horizon_steps : int or None
+            Leads scored (default one day).
+
+        Returns
+        -------
+        dict of str to ForecastError
+            ``load_w`` and ``pv_w`` (``n = 0`` and NaN while nothing can be scored).
+        """
+        k_now, _ = self.known_index(now_s)
+        per_day = round(DAY_S / self.step_s)
+        h = horizon_steps if horizon_steps is not None else per_day
+        every = max(1, round(3600.0 / self.step_s))
+        first = k_now - round(days * DAY_S / self.step_s)
+        origins = [k for k in sorted(self._past) if first <= k < k_now and k % every == 0]
+        shape = (len(origins), h)
+        fc, act, naive = np.full((3, 2, *shape), np.nan)
+        for j, k in enumerate(origins):
+            kept = self._past[k]
+            m = min(h, kept.shape[1], k_now - k)
+            fc[:, j, :m] = kept[:, :m]
+            act[:, j, :m] = self._values[:2, k : k + m]
+            naive[0, j] = seasonal_naive(self._values[0, :k], h, 7 * per_day)
+            naive[1, j] = seasonal_naive(self._values[1, :k], h, per_day)
+        return {
+            col: forecast_error(act[i], fc[i], naive[i])
+            for i, col in enumerate(FORECAST_COLUMNS[:2])
+        }
+
     def series(self, n: int | None = None) -> FloatArray:
         """A copy of the first ``n`` intervals held (all by default), shape ``(4, n)``."""
         out: FloatArray = self._values[:, : self.n if n is None else n].copy()

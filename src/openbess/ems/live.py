@@ -135,6 +135,8 @@ class MeasuredForecastProvider:
             n_ahead = math.ceil(2.0 * DAY_S / self.step_s)
             for k in range(max(n_hist - scenario_days * per_day, 1), n_hist + 1):
                 self._provider.forecast_arrays(origin + k * self.step_s, n_ahead)
+        self._errors: dict[str, dict[str, float | int]] = {}
+        self._errors_hour = -1
         self._interval = -1
         self._sums = np.zeros(2)
         self._count = 0
@@ -161,6 +163,30 @@ class MeasuredForecastProvider:
     def provider(self) -> HistoryForecastProvider:
         """The underlying history provider (its forecasters and error report)."""
         return self._provider
+
+    def errors(self, now_s: float) -> dict[str, dict[str, float | int]]:
+        """MAE and skill of the load and PV forecasts the plans got over the last 7 days.
+
+        Recomputed at most once per hour of site time
+        (:meth:`HistoryForecastProvider.used_forecast_errors`).
+
+        Parameters
+        ----------
+        now_s : float
+            Time [s, Unix UTC].
+
+        Returns
+        -------
+        dict
+            ``{"load_w": {"mae", "mae_naive", "skill", "n"}, "pv_w": {...}}`` ([W]; skill
+            against the seasonal-naive baseline; NaN while nothing can be scored).
+        """
+        hour = math.floor(now_s / 3600.0)
+        if hour != self._errors_hour:
+            report = self._provider.used_forecast_errors(now_s)
+            self._errors = {col: e.as_dict() for col, e in report.items()}
+            self._errors_hour = hour
+        return self._errors
 
     def measured(self) -> pd.DataFrame:
         """The load and PV intervals held up to the last one stored (NaN: a gap).

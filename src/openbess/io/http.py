@@ -295,7 +295,12 @@ def forecasts_dict(plan: PlanView | None) -> dict[str, Any]:
         "import_price_eur_per_kwh",
         "export_price_eur_per_kwh",
     )
-    return {k: p[k] for k in keys}
+    out = {k: p[k] for k in keys}
+    errors = plan.forecast_errors if plan is not None else {}
+    out["errors"] = {
+        col: {name: _num(float(v)) for name, v in e.items()} for col, e in errors.items()
+    }
+    return out
 
 
 def grid_event_dict(e: GridEvent) -> dict[str, Any]:
@@ -459,6 +464,11 @@ class ForecastsOut(BaseModel):
     pv_w: list[float | None]
     import_price_eur_per_kwh: list[float | None]
     export_price_eur_per_kwh: list[float | None]
+    errors: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict,
+        description="error of the forecasts the plans were given over the last 7 days, per "
+        "column: mae [W], mae_naive [W] (seasonal-naive baseline), skill, n (pairs scored)",
+    )
 
 
 class EventOut(BaseModel):

@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +98,9 @@ class PlanView:
         Prices used [EUR/kWh].
     relaxed : tuple of str
         Constraints the planner had to relax.
+    forecast_errors : mapping
+        Error of the forecasts the plans were given, per column (``mae``, ``mae_naive``,
+        ``skill``, ``n``; empty without model forecasts).
     """
 
     created_s: float
@@ -112,6 +115,7 @@ class PlanView:
     import_price_eur_per_kwh: FloatArray
     export_price_eur_per_kwh: FloatArray
     relaxed: tuple[str, ...] = ()
+    forecast_errors: Mapping[str, Mapping[str, float | int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import math
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from openbess.contract import Telemetry
 from openbess.io.hub import CellView, Hub, PlanView, Snapshot
@@ -53,7 +54,19 @@ def _plan_view(site: Site) -> PlanView | None:
         import_price_eur_per_kwh=plan.import_price_eur_per_kwh,
         export_price_eur_per_kwh=plan.export_price_eur_per_kwh,
         relaxed=tuple(r.constraint for r in plan.relaxed),
+        forecast_errors=_forecast_errors(site.controller.strategy, plan.time_s),
     )
+
+
+def _forecast_errors(
+    strategy: object, time_s: npt.NDArray[np.float64]
+) -> dict[str, dict[str, float | int]]:
+    """The strategy's forecast error report, if its forecasts keep one."""
+    errors = getattr(getattr(strategy, "forecast", None), "errors", None)
+    if errors is None or not len(time_s):
+        return {}
+    report: dict[str, dict[str, float | int]] = errors(float(time_s[0]))
+    return report
 
 
 def snapshot_of(site: Site, telemetry: Telemetry, hub: Hub | None = None) -> Snapshot:

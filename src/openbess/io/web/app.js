@@ -452,7 +452,19 @@
       }));
       state.lastPlanActual = performance.now();
       await loadPlanActual();
+      showForecastSkill(await getJSON("/forecasts"));
     } catch (e) { /* next snapshot retries */ }
+  }
+  /* The controller's own report on the forecasts its plans were given (last 7 days). */
+  function showForecastSkill(f) {
+    const e = f.errors || {};
+    const part = (name, x) => (x && x.n
+      ? `${name} ${kw(x.mae)} (same time ${name === "load" ? "last week" : "yesterday"}: ` +
+        `${kw(x.mae_naive)}, skill ${x.skill === null ? "-" : x.skill.toFixed(2)})`
+      : `${name}: not scored yet`);
+    $("forecast-skill").textContent = Object.keys(e).length
+      ? `forecasts of the last 7 days, mean absolute error: ${part("load", e.load_w)}, ${part("PV", e.pv_w)}`
+      : "";
   }
   function planWindow() {
     const p = state.plan, n = p.time_s.length;
