@@ -435,8 +435,12 @@ def test_commands_pass_the_gate_and_acks_carry_its_decision(site, broker):
         assert (ack["outcome"], ack["message"]) == ("refused", "no latched fault")
         listener.publish(f"{BASE}/command/mode", "auto")
         listener.wait_for(lambda: len(listener.on(f"{BASE}/ack/mode")) == 1)
-        assert listener.json(f"{BASE}/ack/mode")[0]["outcome"] == "accepted"
+        ack = listener.json(f"{BASE}/ack/mode")[0]
+        # the override is withdrawn (not replaced by another one): the EMS's command applies
+        assert (ack["outcome"], ack["decided_by"]) == ("accepted", "hub")
         wait_ems(site)
+        snap = site.hub.wait_next(site.hub.latest().time_s, 5)
+        assert snap.command is None or snap.command.source == "ems"
     finally:
         listener.stop()
         bridge.stop()

@@ -1011,10 +1011,8 @@ class MqttBridge:
         self._next_telemetry = -math.inf
         self._plan_key: tuple[object, ...] | None = None
         self._last_plan: PlanView | None = None
-        self._step_s = 1.0
         self._last_wall_s = math.nan
         self._cycle_wall_s = 0.0
-        self._last_time_s = math.nan
         self._seq = 0
         self._subscribe_mid = -1
         self._reserve_soc = 0.0
@@ -1154,9 +1152,6 @@ class MqttBridge:
     def _on_snapshot(self, snap: Snapshot) -> None:
         if not self._running:
             return
-        if math.isfinite(self._last_time_s) and snap.time_s > self._last_time_s:
-            self._step_s = snap.time_s - self._last_time_s
-        self._last_time_s = snap.time_s
         self._energy.add(snap.site)
         now = time.monotonic()
         if math.isfinite(self._last_wall_s):
@@ -1443,7 +1438,18 @@ class MqttBridge:
         cmd = snap.command
         current = cmd if cmd is not None and cmd.source == SOURCE else None
         built: list[tuple[CommandRequest, Command]] = []
+        hand_back: tuple[CommandRequest, int] | None = None  # a pending ``mode = auto``
         for request, seq in batch:
+            if request.mode == "auto":  # supersedes what came before it in the batch
+                for older, replaced in built:
+                    self._ack_superseded(older, replaced, f"seq {seq} (auto)")
+                if hand_back is not None:
+                    self._ack_superseded(hand_back[0], None, f"seq {seq} (auto)", hand_back[1])
+                built, hand_back, current = [], (request, seq), None
+                continue
+            if hand_back is not None:  # a later command replaces the hand-back
+                self._ack_superseded(hand_back[0], None, f"seq {seq}", hand_back[1])
+                hand_back = None
             if request.name == "reserve_soc" and request.reserve_soc is not None:
                 with self._lock:
                     self._reserve_soc = request.reserve_soc
@@ -1463,23 +1469,28 @@ class MqttBridge:
                 continue
             built.append((request, command))
             current = command
+        if hand_back is not None:
+            # the MQTT override ends at the next cycle and the EMS's command applies again
+            hub.cancel_override(SOURCE)
+            self._ack(
+                hand_back[0].name,
+                {
+                    "outcome": "accepted",
+                    "reason": "none",
+                    "message": "override withdrawn at the next cycle: the EMS's command applies",
+                    "seq": hand_back[1],
+                    "requested_w": None,
+                    "granted_w": None,
+                    "decided_by": "hub",
+                },
+                hand_back[0].request_id,
+            )
+            return
         if not built:
             return
         newest = built[-1][1].seq
         for request, command in built[:-1]:
-            self._ack(
-                request.name,
-                {
-                    "outcome": "dropped",
-                    "reason": "superseded",
-                    "message": f"superseded by seq {newest} before reaching the gate",
-                    "seq": command.seq,
-                    "requested_w": _f(command.requested_power_w()),
-                    "granted_w": 0.0,
-                    "decided_by": "bridge",
-                },
-                request.request_id,
-            )
+            self._ack_superseded(request, command, f"seq {newest}")
         request, command = built[-1]
         wait_s = self._decision_wait_s()
         decision = hub.submit(command, wait_s)
@@ -1499,6 +1510,28 @@ class MqttBridge:
             return
         self._ack(
             request.name, {**decision_body(decision), "decided_by": "gate"}, request.request_id
+        )
+
+    def _ack_superseded(
+        self,
+        request: CommandRequest,
+        command: Command | None,
+        by: str,
+        seq: int | None = None,
+    ) -> None:
+        """Answer a request of a batch that a newer one replaced before the gate saw it."""
+        self._ack(
+            request.name,
+            {
+                "outcome": "dropped",
+                "reason": "superseded",
+                "message": f"superseded by {by} before reaching the gate",
+                "seq": command.seq if command is not None else seq,
+                "requested_w": _f(command.requested_power_w()) if command is not None else None,
+                "granted_w": 0.0,
+                "decided_by": "bridge",
+            },
+            request.request_id,
         )
 
     def _command_for(
@@ -1524,9 +1557,6 @@ class MqttBridge:
                 return None
             return Command(seq, cmd.mode, cmd.power_w, cmd.valid_until_s, reserve, SOURCE)
         mode = request.mode or Mode.IDLE.value
-        if mode == "auto":
-            # An idle override that lapses within about two cycles hands control back to the EMS.
-            return Command(seq, Mode.IDLE, 0.0, now + 2.5 * self._step_s, reserve, SOURCE)
         power = request.power_w
         if power is None:  # the mode topic reuses the last setpoint
             power = abs(setpoint) if mode in (Mode.CHARGE.value, Mode.DISCHARGE.value) else setpoint
