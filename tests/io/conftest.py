@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from openbess.config import load_site
-from openbess.io.hub import Hub
+from openbess.io.hub import Hub, Snapshot
 from openbess.io.runtime import Interface
 from openbess.simulate import Site, run_realtime
 
@@ -89,3 +90,45 @@ def running_home(tmp_path: Path) -> Iterator[Running]:
     run = start_site(tmp_path)
     yield run
     run.stop()
+
+
+# ---------------------------------------------------------------------------- waiting (bounded)
+def wait_for(cond: Callable[[], Any], timeout_s: float = 15.0, poll_s: float = 0.02) -> Any:
+    """Poll ``cond`` (state without a notification) until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout_s} s")
+        time.sleep(poll_s)
+
+
+def wait_for_value(
+    fn: Callable[[], Any], cond: Callable[[Any], bool], timeout_s: float = 20.0
+) -> Any:
+    """Call ``fn`` until ``cond(result)`` holds; return that result."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = fn()
+        if cond(out):
+            return out
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout_s} s; last: {out!r}")
+        time.sleep(0.05)
+
+
+def wait_for_snapshot(
+    run: Running, cond: Callable[[Snapshot], bool], timeout_s: float = 20.0
+) -> Snapshot:
+    """Wait, cycle by cycle, for a snapshot of ``run`` that satisfies ``cond``."""
+    snap = run.hub.latest()
+    t = snap.time_s if snap else -1.0
+    for _ in range(int(timeout_s * 20)):
+        snap = run.hub.wait_next(t, 0.05)
+        if snap is not None:
+            t = snap.time_s
+            if cond(snap):
+                return snap
+    raise AssertionError(f"no snapshot met the condition in {timeout_s} s")

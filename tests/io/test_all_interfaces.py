@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,22 +27,13 @@ from openbess.io.can import BmsPeer, CanPlant, values_from_measurements
 from openbess.io.hub import Hub
 from openbess.simulate import run_realtime
 
+from .conftest import wait_for
 from .mosquitto import free_port, start_broker
 from .test_openadr import Vtn
 
 SUB_ARGS = ("-t", "openbess/home/telemetry", "-C", "1", "-W", "15")
 RR_ARGS = ("-t", "openbess/home/command/setpoint", "-e", "openbess/home/ack/setpoint")
 RR_ARGS += ("-m", "-1000", "-W", "15")
-
-
-def wait_for(cond: Callable[[], Any], timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")

@@ -7,7 +7,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from openbess.plant import Measurements, SiteMeasurements
 from openbess.simulate import run_realtime
 from openbess.twin.site import SiteTwin
 
+from .conftest import wait_for
+
 FOXBMS_SHA256 = "5fb3fc0a97ed4ed3ca11e72e88f4971293980821c451f5b5f3760b25859899d1"
 
 
@@ -48,14 +50,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 @dataclass

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import math
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from openbess.io.http import HttpServer, cells_dict, plan_dict, telemetry_dict
 from openbess.io.hub import CellView, Hub, PlanView, Snapshot
 from openbess.plant import SiteMeasurements
 
-from .conftest import Running, start_site
+from .conftest import Running, start_site, wait_for_value
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -47,18 +46,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, Ht
 def client(site: tuple[Running, HttpServer]) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=site[1].url, timeout=20.0) as c:
         yield c
-
-
-def _until(fn: Callable[[], Any], cond: Callable[[Any], bool], timeout_s: float = 20.0) -> Any:
-    """Call ``fn`` until ``cond(result)`` holds (polling, bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        out = fn()
-        if cond(out):
-            return out
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout_s} s; last: {out!r}")
-        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------------------ reads
@@ -131,7 +118,9 @@ def test_status_health_plan_and_forecasts(site, client):
 def test_history_and_events_come_from_the_run_database(site, client):
     run, _ = site
     t_now = run.hub.latest().time_s
-    h = _until(lambda: client.get("/api/v1/history").json(), lambda h: len(h["time_s"]) >= 25)
+    h = wait_for_value(
+        lambda: client.get("/api/v1/history").json(), lambda h: len(h["time_s"]) >= 25
+    )
     assert h["run_id"] == 1
     assert h["bucket_s"] is None
     times = h["time_s"]
@@ -300,7 +289,7 @@ def test_a_command_passes_the_gate_and_overrides_the_ems(site, client):
     assert 0 < d["granted_w"] < 1e6
     snap = run.hub.latest()
     assert d["valid_until_s"] == pytest.approx(snap.time_s + 120, abs=30)  # site time
-    t = _until(
+    t = wait_for_value(
         lambda: client.get("/api/v1/telemetry").json(),
         lambda t: t["gate"]["source"] == "http",
     )
@@ -312,7 +301,9 @@ def test_a_command_passes_the_gate_and_overrides_the_ems(site, client):
     r = client.post("/api/v1/command", json={"mode": "idle", "duration_s": 2}, headers=AUTH).json()
     assert r["outcome"] == "accepted"
     assert r["granted_w"] == 0.0
-    _until(lambda: client.get("/api/v1/telemetry").json(), lambda t: t["gate"]["source"] == "ems")
+    wait_for_value(
+        lambda: client.get("/api/v1/telemetry").json(), lambda t: t["gate"]["source"] == "ems"
+    )
 
 
 def test_reset_without_latched_fault_is_409(client):
@@ -373,7 +364,7 @@ def test_fault_drill_raises_an_alarm_that_can_be_acknowledged_and_cleared(tmp_pa
             )
             assert r.status_code == 200
             assert "injected" in r.json()["message"]
-            t = _until(lambda: c.get("/api/v1/telemetry").json(), lambda t: t["alarms"])
+            t = wait_for_value(lambda: c.get("/api/v1/telemetry").json(), lambda t: t["alarms"])
             alarm = t["alarms"][0]
             assert alarm.startswith("temperature_invalid")
             assert t["alarm_severity"][alarm]
@@ -384,7 +375,7 @@ def test_fault_drill_raises_an_alarm_that_can_be_acknowledged_and_cleared(tmp_pa
             assert r.status_code == 200
             assert alarm in r.json()["message"]
             assert alarm in c.get("/api/v1/status").json()["acknowledged"]
-            ev = _until(
+            ev = wait_for_value(
                 lambda: c.get("/api/v1/events", params={"kind": "drill"}).json()["events"],
                 lambda e: len(e) >= 1,
             )
@@ -397,7 +388,7 @@ def test_fault_drill_raises_an_alarm_that_can_be_acknowledged_and_cleared(tmp_pa
             )
             assert r.status_code == 200
             assert "cleared" in r.json()["message"]
-            _until(lambda: c.get("/api/v1/telemetry").json(), lambda t: not t["alarms"])
+            wait_for_value(lambda: c.get("/api/v1/telemetry").json(), lambda t: not t["alarms"])
             # the acknowledgement goes with the alarm
             assert c.get("/api/v1/status").json()["acknowledged"] == []
     finally:

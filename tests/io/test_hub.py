@@ -9,19 +9,7 @@ import pytest
 from openbess.contract import Command, Mode, Outcome, Reason
 from openbess.io.hub import GridEvent, Hub
 
-from .conftest import Running
-
-
-def _until(run: Running, cond, timeout_s: float = 20.0):
-    snap = run.hub.latest()
-    t = snap.time_s if snap else -1.0
-    for _ in range(int(timeout_s * 20)):
-        snap = run.hub.wait_next(t, 0.05)
-        if snap is not None:
-            t = snap.time_s
-            if cond(snap):
-                return snap
-    raise AssertionError("condition not met in time")
+from .conftest import wait_for_snapshot
 
 
 def test_an_operator_command_overrides_the_ems_and_is_clamped_by_the_bms(running_home):
@@ -35,7 +23,7 @@ def test_an_operator_command_overrides_the_ems_and_is_clamped_by_the_bms(running
     assert (dec.outcome, dec.reason) == (Outcome.CLAMPED, Reason.DISCHARGE_LIMIT)
     snap = hub.latest()
     assert dec.granted_w <= snap.telemetry.discharge_power_limit_w + 1e-6
-    snap = _until(running_home, lambda s: s.telemetry.gate.source == "operator")
+    snap = wait_for_snapshot(running_home, lambda s: s.telemetry.gate.source == "operator")
     assert snap.command is not None
     assert snap.command.source == "operator"
     # cancelled by an idle command from the same source with a short validity
@@ -44,7 +32,7 @@ def test_an_operator_command_overrides_the_ems_and_is_clamped_by_the_bms(running
     )
     assert dec is not None
     assert dec.granted_w == 0.0
-    _until(running_home, lambda s: s.telemetry.gate.source == "ems")
+    wait_for_snapshot(running_home, lambda s: s.telemetry.gate.source == "ems")
 
 
 def test_bad_commands_are_refused_counted_and_change_nothing(running_home):
@@ -60,7 +48,7 @@ def test_bad_commands_are_refused_counted_and_change_nothing(running_home):
     assert dec is not None
     assert dec.outcome is Outcome.REFUSED
     assert hub.rejected() == {"ems.reserved_source": 1}
-    after = _until(running_home, lambda s: True).telemetry.gate
+    after = wait_for_snapshot(running_home, lambda s: True).telemetry.gate
     assert after.source == before.source == "ems"
 
 
@@ -117,8 +105,8 @@ def test_cancel_override_and_interface_events_reach_the_loop_and_the_database(ru
     assert dec.source == "operator"
     hub.cancel_override("operator")
     hub.log_event("modbus", "heartbeat_lost", "warning", "no heartbeat for 60 s")
-    _until(running_home, lambda s: s.telemetry.gate.source == "ems")
-    _until(running_home, lambda s: any(e["code"] == "heartbeat_lost" for e in seen))
+    wait_for_snapshot(running_home, lambda s: s.telemetry.gate.source == "ems")
+    wait_for_snapshot(running_home, lambda s: any(e["code"] == "heartbeat_lost" for e in seen))
     codes = {e["code"] for e in seen}
     assert {"override_cancelled", "heartbeat_lost"} <= codes
     hub.unsubscribe_events(seen.append)

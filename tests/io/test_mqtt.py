@@ -39,7 +39,7 @@ from openbess.io.mqtt import (
 )
 from openbess.plant import SiteMeasurements
 
-from .conftest import Running, start_site
+from .conftest import Running, start_site, wait_for
 from .mosquitto import Broker, make_tls_files, start_broker
 
 BASE = "openbess/home"
@@ -112,15 +112,6 @@ class Listener:
         self.client.reinitialise()  # closes paho's wake-up socket pair now, not at GC
 
 
-def until(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    """Poll ``cond`` (for state that has no notification) until true."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
-
 def bridge_for(broker: Broker, **kw: Any) -> MqttBridge:
     cfg: dict[str, Any] = {"host": broker.host, "port": broker.port, **kw}
     if broker.username is not None and "username" not in kw:
@@ -160,7 +151,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 def wait_ems(site: Running) -> None:
-    until(lambda: site.hub.latest().telemetry.gate.source == "ems", 20)
+    wait_for(lambda: site.hub.latest().telemetry.gate.source == "ems", 20)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -389,7 +380,7 @@ def test_end_to_end_with_mosquitto_clients(site, broker):
         assert ack["requested_w"] == -1500.0
         assert ack["outcome"] in ("accepted", "clamped")
         assert -1500.0 <= ack["granted_w"] <= 0.0
-        until(lambda: site.hub.latest().telemetry.gate.source == "mqtt")
+        wait_for(lambda: site.hub.latest().telemetry.gate.source == "mqtt")
         snap = site.hub.latest()
         assert snap.command is not None
         assert snap.command.source == "mqtt"
@@ -518,7 +509,7 @@ def test_a_flood_of_commands_is_answered_and_the_newest_wins(site, broker):
         last = max(acks, key=lambda a: a["seq"])
         assert last["requested_w"] == -3000.0
         assert last["outcome"] in ("accepted", "clamped")
-        until(lambda: site.hub.latest().command.requested_power_w() == -3000.0)
+        wait_for(lambda: site.hub.latest().command.requested_power_w() == -3000.0)
         listener.publish(f"{BASE}/command/mode", "auto")
         wait_ems(site)
     finally:
@@ -600,13 +591,13 @@ def test_reconnects_after_a_broker_restart_without_losing_the_queue(site, tmp_pa
         assert bridge.wait_connected(10)
         listener.wait_for(lambda: len(listener.on(f"{BASE}/telemetry")) >= 3)
         broker.stop()
-        until(lambda: not bridge.connected)
+        wait_for(lambda: not bridge.connected)
         down_s = hub.latest().time_s
         # an event while disconnected: the gate drops an expired command
         dec = hub.submit(Command(1, Mode.IDLE, valid_until_s=1.0, source="mqtt_test"), 10)
         assert dec is not None
         assert dec.reason.value == "expired"
-        until(lambda: bridge.stats()["queued"] >= 16)
+        wait_for(lambda: bridge.stats()["queued"] >= 16)
         up_s = hub.latest().time_s
         broker.start()
         assert bridge.wait_connected(20)
@@ -643,7 +634,7 @@ def test_username_and_password(tmp_path):
         bad.start(hub)
         assert good.wait_connected(10)
         assert sub(broker, "-t", f"{BASE}/availability", "-C", "1", "-W", "10").strip() == "online"
-        until(lambda: bad.stats()["connect_errors"] >= 1)
+        wait_for(lambda: bad.stats()["connect_errors"] >= 1)
         assert not bad.connected
         assert "refused" in bad.stats()["last_error"]
     finally:
@@ -663,7 +654,7 @@ def test_tls_with_a_private_ca(tmp_path):
         untrusted.start(hub)
         assert good.wait_connected(10)
         assert sub(broker, "-t", f"{BASE}/availability", "-C", "1", "-W", "10").strip() == "online"
-        until(lambda: untrusted.stats()["connect_errors"] >= 1)
+        wait_for(lambda: untrusted.stats()["connect_errors"] >= 1)
         assert not untrusted.connected
     finally:
         good.stop()

@@ -25,7 +25,7 @@ from openbess.io.openadr import (
     grid_events_of,
 )
 
-from .conftest import start_site
+from .conftest import start_site, wait_for
 from .mosquitto import free_port
 
 # The VTN side (openleadr's server, test-only) builds an aiohttp app with plain string keys.
@@ -33,17 +33,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKe
 
 RATINGS = Ratings(max_import_w=9000.0, max_discharge_w=5000.0)
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-
-
-def wait_for(cond: Callable[[], Any], timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def event(

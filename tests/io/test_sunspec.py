@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from openbess.io.sunspec_models import (
     string_statistics,
 )
 
-from .conftest import Running, start_site
+from .conftest import Running, start_site, wait_for_snapshot
 from .mosquitto import free_port
 
 # ---------------------------------------------------------------------------- helpers
@@ -93,18 +93,6 @@ def serving(
         dev.disconnect()
         run.stop()
         server.stop()
-
-
-def until(run: Running, cond: Callable[[Snapshot], bool], timeout_s: float = 30.0) -> Snapshot:
-    snap = run.hub.latest()
-    t = snap.time_s if snap else -1.0
-    for _ in range(int(timeout_s * 20)):
-        snap = run.hub.wait_next(t, 0.05)
-        if snap is not None:
-            t = snap.time_s
-            if cond(snap):
-                return snap
-    raise AssertionError("condition not met in time")
 
 
 def read_consistent(dev: SunSpecModbusClientDeviceTCP) -> int:
@@ -398,7 +386,7 @@ def test_pysunspec2_discovers_the_device_and_every_model_matches_the_snapshot(
         for _ in range(3):  # three different cycles
             hb = read_consistent(dev)
             check_against_snapshot(dev, history.get(hb), run)
-            until(run, lambda s, hb=hb: heartbeat_of(s.time_s) != hb)
+            wait_for_snapshot(run, lambda s, hb=hb: heartbeat_of(s.time_s) != hb)
         stats = server.stats()
         assert stats["updates"] > 0
         assert stats["update_latency_s_median"] >= 0.0
@@ -419,7 +407,7 @@ def test_writes_are_refused_by_default_and_change_nothing(tmp_path: Path) -> Non
         ctl.read()
         assert (ctl.OutWRte.value, ctl.InWRte.value) == (0, 0)
         assert dev.models[802][0].LocRemCtl.value == 1  # LOCAL
-        assert until(run, lambda s: True).telemetry.gate.source == "ems"
+        assert wait_for_snapshot(run, lambda s: True).telemetry.gate.source == "ems"
 
 
 def test_a_client_outside_allowed_clients_cannot_write(tmp_path: Path) -> None:
@@ -437,13 +425,13 @@ def test_a_setpoint_moves_the_battery_through_the_gate_and_bad_values_are_refuse
     tmp_path: Path,
 ) -> None:
     with serving(tmp_path, writes_enabled=True) as (run, server, dev):
-        until(run, lambda s: s.telemetry.discharge_power_limit_w > 2500.0)
+        wait_for_snapshot(run, lambda s: s.telemetry.discharge_power_limit_w > 2500.0)
         ctl, battery = dev.models[124][0], dev.models[802][0]
         ctl.OutWRte.cvalue = 40.0  # 40 % of 5000 W
         ctl.write()
         ctl.StorCtl_Mod.value = 2  # DISCHARGE
         ctl.write()
-        snap = until(run, lambda s: s.telemetry.gate.source == "modbus")
+        snap = wait_for_snapshot(run, lambda s: s.telemetry.gate.source == "modbus")
         gate = snap.telemetry.gate
         assert gate.requested_w == pytest.approx(2000.0)
         assert gate.outcome in (Outcome.ACCEPTED, Outcome.CLAMPED)
@@ -453,13 +441,13 @@ def test_a_setpoint_moves_the_battery_through_the_gate_and_bad_values_are_refuse
         assert command.source == "modbus"
         assert command.reserve_soc == pytest.approx(0.15)
         assert 0.0 < command.valid_until_s - snap.time_s <= 300.0
-        until(run, lambda s: s.telemetry.pack_current_a > 5.0)  # the battery discharges
+        wait_for_snapshot(run, lambda s: s.telemetry.pack_current_a > 5.0)  # the battery discharges
         # the gate's decisions are visible to the client
         for _ in range(100):
             battery.read()
             if bit(battery.EvtVnd1.value, VND_SOURCE_MODBUS) and battery.EvtVnd2.value:
                 break
-            until(run, lambda s: True)
+            wait_for_snapshot(run, lambda s: True)
         assert bit(battery.EvtVnd1.value, VND_CONTROL_ACTIVE)
         decision = server.last_decision
         assert decision is not None
@@ -495,20 +483,22 @@ def test_a_setpoint_moves_the_battery_through_the_gate_and_bad_values_are_refuse
         assert rejected == {"modbus.out_of_range": 7, "modbus.read_only": 1}
         ctl.read()
         assert (ctl.StorCtl_Mod.value, ctl.OutWRte.value, ctl.InWRte.value) == (3, 4000, 0)
-        assert until(run, lambda s: True).command.power_w == pytest.approx(2000.0)
+        assert wait_for_snapshot(run, lambda s: True).command.power_w == pytest.approx(2000.0)
 
         # charge at 20 % of the charge rating, with the reserve at 30 %
         ctl.StorCtl_Mod.value = 1
         ctl.InWRte.cvalue = 20.0
         ctl.MinRsvPct.cvalue = 30.0
         ctl.write()
-        snap = until(run, lambda s: s.telemetry.gate.requested_w == pytest.approx(-1000.0))
+        snap = wait_for_snapshot(
+            run, lambda s: s.telemetry.gate.requested_w == pytest.approx(-1000.0)
+        )
         assert snap.command is not None
         assert snap.command.reserve_soc == pytest.approx(0.30)
         # control mode 0 hands the battery back to the EMS
         ctl.StorCtl_Mod.value = 0
         ctl.write()
-        until(run, lambda s: s.telemetry.gate.source == "ems")
+        wait_for_snapshot(run, lambda s: s.telemetry.gate.source == "ems")
 
 
 def test_the_revert_timeout_hands_control_back_to_the_ems(tmp_path: Path) -> None:
@@ -519,12 +509,12 @@ def test_the_revert_timeout_hands_control_back_to_the_ems(tmp_path: Path) -> Non
         ctl.StorCtl_Mod.value = 2
         ctl.OutWRte.cvalue = 10.0
         ctl.write()
-        start = until(run, lambda s: s.telemetry.gate.source == "modbus")
+        start = wait_for_snapshot(run, lambda s: s.telemetry.gate.source == "modbus")
         assert start.command is not None
         assert start.command.valid_until_s <= start.time_s + 30
-        end = until(run, lambda s: s.telemetry.gate.source == "ems")
+        end = wait_for_snapshot(run, lambda s: s.telemetry.gate.source == "ems")
         assert end.time_s >= start.command.valid_until_s
-        until(run, lambda s: True)
+        wait_for_snapshot(run, lambda s: True)
         ctl.read()
         assert ctl.StorCtl_Mod.value == 0  # reverted
         assert "watchdog" not in server.stats()
@@ -535,9 +525,9 @@ def test_the_revert_timeout_hands_control_back_to_the_ems(tmp_path: Path) -> Non
         for _ in range(100):
             if server.last_reset is not None:
                 break
-            until(run, lambda s: True)
+            wait_for_snapshot(run, lambda s: True)
         assert server.last_reset == (False, "no latched fault")
-        until(run, lambda s: True)
+        wait_for_snapshot(run, lambda s: True)
         battery.read()
         assert battery.AlmRst.value == 0
 
@@ -552,7 +542,7 @@ def test_heartbeat_loss_cancels_the_override_and_logs_an_event(tmp_path: Path) -
         ctl.write()
         ctl.StorCtl_Mod.value = 2
         ctl.write()
-        until(run, lambda s: s.telemetry.gate.source == "modbus")
+        wait_for_snapshot(run, lambda s: s.telemetry.gate.source == "modbus")
         # heartbeats every 0.1 s for 2.5 timeouts: the override stays
         beating = SunSpecModbusClientDeviceTCP(
             slave_id=1, ipaddr="127.0.0.1", ipport=server.port, timeout=5
@@ -578,12 +568,12 @@ def test_heartbeat_loss_cancels_the_override_and_logs_an_event(tmp_path: Path) -
             stop.set()
             thread.join()
         # silence: the watchdog cancels the override
-        until(run, lambda s: s.telemetry.gate.source == "ems")
+        wait_for_snapshot(run, lambda s: s.telemetry.gate.source == "ems")
         assert server.stats()["watchdog"] == 1.0
         lost = [e for e in events if e["code"] == "modbus_heartbeat_lost"]
         assert len(lost) == 1
         assert lost[0]["severity"] == "warning"
-        until(run, lambda s: True)
+        wait_for_snapshot(run, lambda s: True)
         battery.read()
         ctl.read()
         assert bit(battery.EvtVnd1.value, VND_HEARTBEAT_LOST)
@@ -592,8 +582,8 @@ def test_heartbeat_loss_cancels_the_override_and_logs_an_event(tmp_path: Path) -
         # a heartbeat clears the flag
         battery.CtrlHb.value = 1
         battery.CtrlHb.write()
-        until(run, lambda s: True)
-        until(run, lambda s: True)
+        wait_for_snapshot(run, lambda s: True)
+        wait_for_snapshot(run, lambda s: True)
         battery.read()
         assert not bit(battery.EvtVnd1.value, VND_HEARTBEAT_LOST)
 
@@ -626,7 +616,7 @@ def test_malformed_requests_get_exceptions_are_counted_and_the_server_keeps_runn
         assert raw_request(port, read) == "030453756e53"
         dev.scan()  # a real client still works
         assert [m for m in dev.models if isinstance(m, int)] == [1, 802, 803, 124]
-        until(run, lambda s: True)
+        wait_for_snapshot(run, lambda s: True)
         assert run.hub.rejected() == {
             "modbus.illegal_address": 2,
             "modbus.malformed_request": 4,
@@ -635,4 +625,7 @@ def test_malformed_requests_get_exceptions_are_counted_and_the_server_keeps_runn
             "modbus.unit_id": 1,
             "modbus.malformed_frame": 2,
         }
-        assert until(run, lambda s: True).counters["rejected.modbus.malformed_frame"] == 2.0
+        assert (
+            wait_for_snapshot(run, lambda s: True).counters["rejected.modbus.malformed_frame"]
+            == 2.0
+        )
