@@ -6,13 +6,35 @@ Registered on the main command group by ``main.add_command(report)`` in :mod:`op
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from openbess.errors import OpenBessError
 
 __all__ = ["report"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+_DB_HELP = "Run database (SQLite) written by 'openbess run' or 'simulate --out'."
+
+
+def _run_id_option(help_text: str) -> Callable[[F], F]:
+    """``--run``: which run of the database."""
+    return click.option("--run", "run_id", type=click.IntRange(min=1), default=None, help=help_text)
+
+
+_output_option = click.option(
+    "-o",
+    "--output",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write here instead of stdout.",
+)
 
 
 @click.group("report")
@@ -21,20 +43,8 @@ def report() -> None:
 
 
 @report.command("warranty")
-@click.option(
-    "--db",
-    "db_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Run database (SQLite) written by 'openbess run' or 'simulate --out'.",
-)
-@click.option(
-    "--run",
-    "run_id",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Run id (default: the newest run with a logbook).",
-)
+@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False), help=_DB_HELP)
+@_run_id_option("Run id (default: the newest run with a logbook).")
 @click.option(
     "--format",
     "fmt",
@@ -43,14 +53,7 @@ def report() -> None:
     show_default=True,
     help="Output format.",
 )
-@click.option(
-    "-o",
-    "--output",
-    "out_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write here instead of stdout.",
-)
+@_output_option
 def warranty(db_path: str, run_id: int | None, fmt: str, out_path: str | None) -> None:
     """Warranty report: the BMS logbook's Annex VII figures, histograms and events."""
     from openbess.report import render, warranty_report
@@ -72,20 +75,8 @@ def warranty(db_path: str, run_id: int | None, fmt: str, out_path: str | None) -
 
 
 @report.command("run")
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Run database (SQLite) written by 'openbess run' or 'simulate --out'.",
-)
-@click.option(
-    "--run",
-    "run_id",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Run id (default: the newest run).",
-)
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
+@_run_id_option("Run id (default: the newest run).")
 @click.option(
     "--backtest",
     "backtest_csv",
@@ -128,14 +119,7 @@ def warranty(db_path: str, run_id: int | None, fmt: str, out_path: str | None) -
     show_default=True,
     help="Time buckets the series are aggregated into.",
 )
-@click.option(
-    "-o",
-    "--output",
-    "out_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write here instead of stdout.",
-)
+@_output_option
 def run_report(
     db_path: str | None,
     run_id: int | None,
