@@ -508,6 +508,7 @@ def test_health_before_the_first_cycle_then_plan_from_a_hub(tmp_path: Path):
                 "skill": 0.25,
                 "n": 96,
             }
+            assert isinstance(f["errors"]["load_w"]["n"], int)  # a count, not 96.0
             assert f["errors"]["pv_w"]["skill"] is None  # nothing scored yet: null, not NaN
             assert "openbess_soc_ratio 0.5" in c.get("/metrics").text
     finally:

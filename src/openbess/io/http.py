@@ -298,7 +298,8 @@ def forecasts_dict(plan: PlanView | None) -> dict[str, Any]:
     out = {k: p[k] for k in keys}
     errors = plan.forecast_errors if plan is not None else {}
     out["errors"] = {
-        col: {name: _num(float(v)) for name, v in e.items()} for col, e in errors.items()
+        col: {name: int(v) if name == "n" else _num(float(v)) for name, v in e.items()}
+        for col, e in errors.items()
     }
     return out
 
@@ -464,7 +465,7 @@ class ForecastsOut(BaseModel):
     pv_w: list[float | None]
     import_price_eur_per_kwh: list[float | None]
     export_price_eur_per_kwh: list[float | None]
-    errors: dict[str, dict[str, float | None]] = Field(
+    errors: dict[str, dict[str, int | float | None]] = Field(
         default_factory=dict,
         description="error of the forecasts the plans were given over the last 7 days, per "
         "column: mae [W], mae_naive [W] (seasonal-naive baseline), skill, n (pairs scored)",
