@@ -156,7 +156,7 @@ class EmsConfig(_Model):
     #: hardware); ``perfect`` reads the twin's own series ahead (simulation only).
     forecast: Literal["model", "perfect"] = "model"
     #: Days of past forecast errors each ``mpc`` plan hedges over (0: none).
-    scenario_days: int = Field(7, ge=0, le=28)
+    scenario_days: int = Field(21, ge=0, le=28)
     #: Meter history to forecast from at start: a CSV in the format of ``openbess backtest
     #: --inputs`` (15-min rows ending at or before the start); on the twin without one, the
     #: twin's own series of the last ``history_days`` days.

@@ -100,7 +100,7 @@ class MeasuredForecastProvider:
         history: pd.DataFrame | None = None,
         step_s: float = 900.0,
         prices: PriceFunction | None = None,
-        scenario_days: int = 7,
+        scenario_days: int = 21,
     ) -> None:
         from openbess.ems.backtest import default_provider
 
