@@ -265,7 +265,8 @@ def measured_forecast(config: SiteConfig, start_s: float, on_twin: bool) -> Any:
             config, start_s, history=history, step_s=step_s, scenario_days=e.scenario_days
         )
     except ValueError as err:
-        raise ConfigError(f"ems.history_csv {e.history_csv!r}: {err}") from err
+        where = f"ems.history_csv {e.history_csv!r}" if e.history_csv else "ems.history_days"
+        raise ConfigError(f"{where}: {err}") from err
 
 
 @dataclass

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from openbess.config import SiteConfig
 from openbess.data import read_household_pv_fit, read_timeseries_csv
-from openbess.data.timeseries import DAY_S, WEEK_S, to_unix_s
+from openbess.data.timeseries import DAY_S, WEEK_S, to_datetime_index, to_unix_s
 from openbess.ems.forecast import (
     FORECAST_COLUMNS,
     AnalogForecaster,
@@ -194,9 +194,7 @@ def site_inputs(
         pv_w = interval_mean(model.power_w)
     tariff = Tariff.for_grid(config.grid)
     imp, exp = tariff.prices(times)
-    index = pd.DatetimeIndex(
-        pd.to_datetime(np.round(times * 1e9).astype(np.int64), unit="ns", utc=True), name="time"
-    )
+    index = to_datetime_index(times).rename("time")
     return pd.DataFrame(
         {
             "load_w": load_w,

@@ -28,7 +28,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from openbess.config import SiteConfig
-from openbess.data.timeseries import DAY_S, to_unix_s
+from openbess.data.timeseries import DAY_S, to_datetime_index, to_unix_s
 from openbess.ems.forecast import FORECAST_COLUMNS, HistoryForecastProvider
 
 FloatArray = npt.NDArray[np.float64]
@@ -36,30 +36,6 @@ PriceFunction = Callable[[FloatArray], tuple[FloatArray, FloatArray]]
 
 #: Intervals added at a time when the series must grow [s].
 CHUNK_S = 14.0 * DAY_S
-
-
-def site_tariff_prices(config: SiteConfig) -> PriceFunction:
-    """The site's tariff as a price function: interval starts [s] -> (import, export) [EUR/kWh].
-
-    Parameters
-    ----------
-    config : SiteConfig
-        Site configuration (``[grid]`` price zone, adder, VAT, export tariff).
-
-    Returns
-    -------
-    callable
-        ``times_s -> (import_eur_per_kwh, export_eur_per_kwh)``.
-    """
-    from openbess.twin.grid import Tariff
-
-    tariff = Tariff.for_grid(config.grid)
-
-    def prices(times_s: FloatArray) -> tuple[FloatArray, FloatArray]:
-        imp, exp = tariff.prices(np.asarray(times_s, dtype=np.float64))
-        return np.asarray(imp, dtype=np.float64), np.asarray(exp, dtype=np.float64)
-
-    return prices
 
 
 class MeasuredForecastProvider:
@@ -78,7 +54,7 @@ class MeasuredForecastProvider:
         Interval of the series [s] (the plan step must be a whole multiple of it).
     prices : callable or None
         ``times_s -> (import, export)`` [EUR/kWh] for the intervals ahead (default: the
-        site's tariff, :func:`site_tariff_prices`).
+        site's tariff, :meth:`openbess.twin.grid.Tariff.for_grid`).
     scenario_days : int
         Days of its own past forecasts kept for residual scenarios; with a history, the
         forecasts of its last ``scenario_days`` days are made at once, so that the first
@@ -103,12 +79,12 @@ class MeasuredForecastProvider:
         scenario_days: int = 21,
     ) -> None:
         from openbess.ems.backtest import default_provider
+        from openbess.twin.grid import Tariff
 
         if not (math.isfinite(step_s) and step_s > 0 and DAY_S % step_s == 0):
             raise ValueError(f"step_s must divide a day, got {step_s!r}")
-        self.config = config
         self.step_s = float(step_s)
-        self._prices = prices if prices is not None else site_tariff_prices(config)
+        self._prices = prices if prices is not None else Tariff.for_grid(config.grid).prices
         if history is not None and len(history) >= 2:
             frame = history[list(FORECAST_COLUMNS)].astype(np.float64)
             t = to_unix_s(pd.DatetimeIndex(frame.index))
@@ -264,7 +240,5 @@ class MeasuredForecastProvider:
 
 def _as_frame(origin_s: float, step_s: float, values: FloatArray) -> pd.DataFrame:
     times = origin_s + np.arange(values.shape[1], dtype=np.float64) * step_s
-    index = pd.DatetimeIndex(
-        pd.to_datetime(np.round(times * 1e9).astype(np.int64), unit="ns", utc=True), name="time"
-    )
+    index = to_datetime_index(times).rename("time")
     return pd.DataFrame(dict(zip(FORECAST_COLUMNS, values, strict=True)), index=index)
